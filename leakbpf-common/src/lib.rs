@@ -1,0 +1,257 @@
+//! Types shared by leakbpf's eBPF programs and its userspace agent.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]` with explicit padding
+//! fields, so both sides agree on the layout and no uninitialised bytes end up in a
+//! map key (a hash map compares keys byte by byte).
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+/// Names of the maps, as the eBPF object declares them and userspace looks them up.
+pub mod map_names {
+    /// Outstanding allocations: [`AllocKey`](crate::AllocKey) → [`AllocInfo`](crate::AllocInfo).
+    pub const ALLOCS: &str = "ALLOCS";
+    /// Per call site totals: [`SiteKey`](crate::SiteKey) → [`SiteTotals`](crate::SiteTotals).
+    pub const SITE_TOTALS: &str = "SITE_TOTALS";
+    /// Captured stacks: stack id → [`StackTrace`](crate::StackTrace).
+    pub const STACKS: &str = "STACKS";
+    /// Event counters, per CPU, indexed by [`Counter`](crate::Counter).
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Processes to trace: tgid → 1.
+    pub const TRACED_PIDS: &str = "TRACED_PIDS";
+    /// Allocation calls in flight, per thread: tid → [`Pending`](crate::Pending).
+    pub const PENDING: &str = "PENDING";
+    /// Stacks taken in `operator new`, per thread: tid → [`NewMark`](crate::NewMark).
+    pub const NEW_MARKS: &str = "NEW_MARKS";
+    /// Per-CPU scratch space for the stack being walked.
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Ring buffer of [`NewStack`](crate::NewStack) notices.
+    pub const NEW_STACKS: &str = "NEW_STACKS";
+}
+
+/// Deepest user stack the eBPF side walks, in frames.
+pub const MAX_STACK_DEPTH: usize = 64;
+
+/// Stack id used when no frame could be read at all.
+pub const NO_STACK: u64 = 0;
+
+/// How an allocation function reports its result, which decides what its return probe does.
+///
+/// Carried in the attach cookie of the entry probe, so one eBPF program serves every
+/// function with the same argument layout.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocKind {
+    /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`: the block is the return value.
+    Malloc = 0,
+    /// `calloc(n, size)`: the product, refused when it overflows.
+    Calloc = 1,
+    /// `realloc(ptr, size)`: moves the record from `ptr` to the returned block.
+    Realloc = 2,
+    /// `reallocarray(ptr, n, size)`: `realloc` with an overflow-checked product.
+    ReallocArray = 3,
+    /// `posix_memalign(&out, align, size)`: the block is written to `out` on success.
+    PosixMemalign = 4,
+    /// `aligned_alloc(align, size)`, `memalign(align, size)`.
+    AlignedAlloc = 5,
+}
+
+impl AllocKind {
+    pub const ALL: [AllocKind; 6] = [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::Realloc,
+        AllocKind::ReallocArray,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+    ];
+
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(AllocKind::Malloc),
+            1 => Some(AllocKind::Calloc),
+            2 => Some(AllocKind::Realloc),
+            3 => Some(AllocKind::ReallocArray),
+            4 => Some(AllocKind::PosixMemalign),
+            5 => Some(AllocKind::AlignedAlloc),
+            _ => None,
+        }
+    }
+}
+
+/// Indices into the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocations recorded.
+    Allocations = 0,
+    /// Frees of recorded allocations (including the old block of a moving `realloc`).
+    Frees = 1,
+    /// Frees of addresses never recorded: allocated before attach, or dropped.
+    UnknownFrees = 2,
+    /// Allocations whose stack could not be walked or stored.
+    StackFailures = 3,
+    /// Allocations not recorded because the allocation map was full.
+    DroppedAllocations = 4,
+    /// Allocations not recorded because the call-site map was full.
+    DroppedSites = 5,
+    /// Allocation calls that returned NULL or failed, or whose size overflowed.
+    FailedAllocations = 6,
+    /// Allocation calls not recorded because the per-thread in-flight map was full.
+    DroppedCalls = 7,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 8;
+}
+
+/// Key of an outstanding allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub pad: u32,
+    pub addr: u64,
+}
+
+/// Key of a call site: the process and the id of the stack that allocated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteKey {
+    pub tgid: u32,
+    pub pad: u32,
+    pub stack_id: u64,
+}
+
+/// What is known of one outstanding allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// `bpf_ktime_get_boot_ns` at allocation: CLOCK_BOOTTIME.
+    pub timestamp_ns: u64,
+    pub site: SiteKey,
+}
+
+/// Outstanding bytes and allocations of one call site, kept up to date by the eBPF side
+/// on every allocation and free, so a drain reads one entry per site. Kept per CPU, so no
+/// update races and none needs an atomic; one CPU's slot may wrap below zero when a block
+/// is freed on another CPU than the one that allocated it, and only the sum is meaningful.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteTotals {
+    pub bytes: u64,
+    pub allocations: u64,
+}
+
+/// A user stack: return addresses, innermost first (the allocation function's caller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTrace {
+    pub depth: u64,
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
+
+/// Sent once per stored stack, so the agent symbolizes it while the process that made it
+/// is still alive: a report may come after the process exited and its maps are gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NewStack {
+    pub tgid: u32,
+    pub pad: u32,
+    pub stack_id: u64,
+}
+
+/// An allocation call between its entry and its return, kept per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    /// The requested size.
+    pub size: u64,
+    /// `realloc`'s old block, or `posix_memalign`'s out-pointer.
+    pub arg_ptr: u64,
+    pub site: SiteKey,
+    /// An [`AllocKind`] as `u32`.
+    pub kind: u32,
+    /// Allocation calls nested inside this one on the same thread (`reallocarray` calling
+    /// `realloc`, `realloc(NULL, n)` calling `malloc`): their probes fire too, and only
+    /// the outermost call is the one the program made.
+    pub depth: u32,
+}
+
+/// The stack taken when a thread entered `operator new`, for the `malloc` it calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NewMark {
+    pub stack_id: u64,
+    /// The stack pointer at `operator new`'s entry: the nested `malloc` runs just below it.
+    pub sp: u64,
+}
+
+/// How far below `operator new`'s stack pointer its nested `malloc` may run and still be
+/// taken as called by it: operator new's own frame is a few words.
+pub const NEW_MARK_MAX_DISTANCE: u64 = 512;
+
+/// The attach cookie of an entry probe: which [`AllocKind`] the probed function is.
+pub const fn cookie_for(kind: AllocKind) -> u64 {
+    kind as u64
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{AllocInfo, AllocKey, NewMark, NewStack, Pending, SiteKey, SiteTotals, StackTrace};
+
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers only, with explicit
+    // padding fields, so every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for AllocKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AllocInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SiteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SiteTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackTrace {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Pending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NewMark {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NewStack {}
+
+    impl StackTrace {
+        /// The captured return addresses, innermost first.
+        pub fn addresses(&self) -> &[u64] {
+            let depth = usize::try_from(self.depth)
+                .unwrap_or(usize::MAX)
+                .min(self.frames.len());
+            &self.frames[..depth]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<AllocKey>(), 16);
+        assert_eq!(size_of::<SiteKey>(), 16);
+        assert_eq!(size_of::<AllocInfo>(), 32);
+        assert_eq!(size_of::<SiteTotals>(), 16);
+        assert_eq!(size_of::<Pending>(), 40);
+        assert_eq!(size_of::<NewMark>(), 16);
+        assert_eq!(size_of::<NewStack>(), 16);
+        assert_eq!(size_of::<StackTrace>(), 8 * (MAX_STACK_DEPTH + 1));
+    }
+
+    #[test]
+    fn alloc_kind_round_trips_through_cookie() {
+        for kind in AllocKind::ALL {
+            let cookie = cookie_for(kind);
+            assert_eq!(AllocKind::from_u32(cookie as u32), Some(kind));
+        }
+        assert_eq!(AllocKind::from_u32(99), None);
+    }
+}

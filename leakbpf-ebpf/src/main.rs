@@ -1,0 +1,343 @@
+//! leakbpf's eBPF side: uprobes on the allocation functions record every outstanding
+//! allocation of the traced processes, and keep per call site totals up to date, so the
+//! agent reads one map entry per call site and never sees a per-event message.
+#![no_std]
+#![no_main]
+
+mod stack;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_ktime_get_boot_ns},
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::{ProbeContext, RetProbeContext},
+};
+use leakbpf_common::{
+    AllocInfo, AllocKey, AllocKind, Counter, NEW_MARK_MAX_DISTANCE, NewMark, Pending, SiteKey,
+    SiteTotals,
+};
+
+/// The userspace agent sets the real sizes at load time (`--max-allocs`, `--max-stacks`).
+const DEFAULT_ENTRIES: u32 = 1024;
+/// Threads with an allocation call in flight at once, and with a pending `operator new`.
+const MAX_THREADS: u32 = 65536;
+const EEXIST: i32 = 17;
+
+#[map]
+static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_ENTRIES, 0);
+#[map]
+static SITE_TOTALS: PerCpuHashMap<SiteKey, SiteTotals> =
+    PerCpuHashMap::with_max_entries(DEFAULT_ENTRIES, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
+#[map]
+static NEW_MARKS: HashMap<u32, NewMark> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// Entry of every allocation function; the attach cookie says which [`AllocKind`].
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_alloc_enter(&ctx);
+    0
+}
+
+/// Return of every allocation function: records the block the outermost call produced.
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    let _ = try_alloc_exit(&ctx);
+    0
+}
+
+/// `free(ptr)`, also reached by `operator delete` and by allocators freeing internally.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_free_enter(&ctx);
+    0
+}
+
+/// `operator new` and its variants: libstdc++ calls `malloc` from a function without a
+/// frame pointer, so the stack walked inside `malloc` would skip the function that said
+/// `new`. The stack is taken here instead and handed to that nested `malloc`.
+#[uprobe]
+pub fn new_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_new_enter(&ctx);
+    0
+}
+
+struct CurrentTask {
+    tgid: u32,
+    tid: u32,
+}
+
+/// The calling task, if its process is traced.
+#[inline(always)]
+fn traced_task() -> Option<CurrentTask> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is a plain u32 that is only read.
+    unsafe { TRACED_PIDS.get(&tgid) }?;
+    Some(CurrentTask {
+        tgid,
+        tid: pid_tgid as u32,
+    })
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot, and eBPF programs do not migrate while they run.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> Result<u64, ()> {
+    ctx.arg::<u64>(n).ok_or(())
+}
+
+/// `n * size`, or None when it overflows. `checked_mul` (and any division-based check,
+/// which LLVM turns back into one) needs a 128-bit multiply that eBPF lacks, so the
+/// product is built from 32-bit halves.
+#[inline(always)]
+fn product(n: u64, size: u64) -> Option<u64> {
+    let (n_hi, n_lo) = (n >> 32, n & 0xffff_ffff);
+    let (size_hi, size_lo) = (size >> 32, size & 0xffff_ffff);
+    if n_hi != 0 && size_hi != 0 {
+        return None;
+    }
+    // At most one of the two terms is non-zero, and each fits in 64 bits.
+    let middle = n_hi * size_lo + n_lo * size_hi;
+    if middle >> 32 != 0 {
+        return None;
+    }
+    let low = n_lo * size_lo;
+    let total = low.wrapping_add(middle << 32);
+    (total >= low).then_some(total)
+}
+
+#[inline(always)]
+fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
+    let task = traced_task().ok_or(())?;
+    if let Some(outer) = PENDING.get_ptr_mut(&task.tid) {
+        // SAFETY: only this thread touches its own entry.
+        unsafe { (*outer).depth += 1 };
+        return Ok(());
+    }
+    // SAFETY: the helper only reads the program's attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = AllocKind::from_u32(cookie as u32).ok_or(())?;
+    let (size, arg_ptr) = match kind {
+        AllocKind::Malloc => (Some(arg(ctx, 0)?), 0),
+        AllocKind::Calloc => (product(arg(ctx, 0)?, arg(ctx, 1)?), 0),
+        AllocKind::Realloc => (Some(arg(ctx, 1)?), arg(ctx, 0)?),
+        AllocKind::ReallocArray => (product(arg(ctx, 1)?, arg(ctx, 2)?), arg(ctx, 0)?),
+        AllocKind::PosixMemalign => (Some(arg(ctx, 2)?), arg(ctx, 0)?),
+        AllocKind::AlignedAlloc => (Some(arg(ctx, 1)?), 0),
+    };
+    let Some(size) = size else {
+        // The call fails with ENOMEM; a wrapped product must never be recorded.
+        count(Counter::FailedAllocations);
+        return Ok(());
+    };
+    let stack_id = stack_of_new(ctx, task.tid).unwrap_or_else(|| stack::capture(ctx, task.tgid));
+    let pending = Pending {
+        size,
+        arg_ptr,
+        site: SiteKey {
+            tgid: task.tgid,
+            pad: 0,
+            stack_id,
+        },
+        kind: kind as u32,
+        depth: 0,
+    };
+    if PENDING.insert(&task.tid, &pending, 0).is_err() {
+        count(Counter::DroppedCalls);
+    }
+    Ok(())
+}
+
+/// The stack `operator new` took for this thread, if this allocation is the one it makes.
+#[inline(always)]
+fn stack_of_new(ctx: &ProbeContext, tid: u32) -> Option<u64> {
+    // SAFETY: a plain value copied out before the entry is removed.
+    let mark = unsafe { *NEW_MARKS.get(&tid)? };
+    let _ = NEW_MARKS.remove(&tid);
+    // SAFETY: reading a register of the probe's own context.
+    let sp = unsafe { (*ctx.regs).rsp };
+    // A mark is one-shot; one left behind by an `operator new` that did not call `malloc`
+    // must not claim an unrelated allocation, so the caller must run just below it.
+    covers(&mark, sp).then_some(mark.stack_id)
+}
+
+#[inline(always)]
+fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
+    let task = traced_task().ok_or(())?;
+    let pending_ptr = PENDING.get_ptr_mut(&task.tid).ok_or(())?;
+    // SAFETY: only this thread touches its own entry.
+    let pending = unsafe {
+        if (*pending_ptr).depth > 0 {
+            (*pending_ptr).depth -= 1;
+            return Ok(());
+        }
+        *pending_ptr
+    };
+    let _ = PENDING.remove(&task.tid);
+    let ret: u64 = ctx.ret();
+    let kind = AllocKind::from_u32(pending.kind).ok_or(())?;
+    let block = match kind {
+        AllocKind::PosixMemalign => {
+            if ret as u32 != 0 {
+                0
+            } else {
+                // SAFETY: reads the caller's out-pointer through the checked helper.
+                unsafe { bpf_probe_read_user(pending.arg_ptr as *const u64) }.unwrap_or(0)
+            }
+        }
+        AllocKind::Realloc | AllocKind::ReallocArray => {
+            if ret != 0 || pending.size == 0 {
+                // The old block is gone: moved, resized in place (then recorded anew
+                // below), or freed by realloc(p, 0). A free nested in the call may have
+                // released it already, so a missing record is not an unknown free.
+                release(task.tgid, pending.arg_ptr);
+            }
+            ret
+        }
+        AllocKind::Malloc | AllocKind::Calloc | AllocKind::AlignedAlloc => ret,
+    };
+    if block == 0 {
+        if !(pending.size == 0 && matches!(kind, AllocKind::Realloc | AllocKind::ReallocArray)) {
+            count(Counter::FailedAllocations);
+        }
+        return Ok(());
+    }
+    record(task.tgid, block, pending.size, pending.site);
+    Ok(())
+}
+
+#[inline(always)]
+fn try_free_enter(ctx: &ProbeContext) -> Result<(), ()> {
+    let addr = arg(ctx, 0)?;
+    if addr == 0 {
+        return Ok(());
+    }
+    let task = traced_task().ok_or(())?;
+    if !release(task.tgid, addr) {
+        count(Counter::UnknownFrees);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_new_enter(ctx: &ProbeContext) -> Result<(), ()> {
+    let task = traced_task().ok_or(())?;
+    // SAFETY: reading a register of the probe's own context.
+    let sp = unsafe { (*ctx.regs).rsp };
+    // `new(nothrow)` and `new[]` call plain `operator new`: the outermost one has the
+    // stack of the code that said `new`, the inner one's stack starts inside libstdc++.
+    // SAFETY: a plain value, only read.
+    if let Some(outer) = unsafe { NEW_MARKS.get(&task.tid) }
+        && covers(outer, sp)
+    {
+        return Ok(());
+    }
+    let mark = NewMark {
+        stack_id: stack::capture(ctx, task.tgid),
+        sp,
+    };
+    let _ = NEW_MARKS.insert(&task.tid, &mark, 0);
+    Ok(())
+}
+
+/// Whether code running with stack pointer `sp` is inside the `operator new` that left
+/// `mark`: just below its stack pointer.
+#[inline(always)]
+fn covers(mark: &NewMark, sp: u64) -> bool {
+    mark.sp > sp && mark.sp - sp <= NEW_MARK_MAX_DISTANCE
+}
+
+/// The totals of `site`, created empty when missing.
+#[inline(always)]
+fn site_totals(site: &SiteKey) -> Option<*mut SiteTotals> {
+    if let Some(totals) = SITE_TOTALS.get_ptr_mut(site) {
+        return Some(totals);
+    }
+    // Another CPU may create it first: that is as good.
+    let _ = SITE_TOTALS.insert(site, &SiteTotals::default(), u64::from(BPF_NOEXIST));
+    SITE_TOTALS.get_ptr_mut(site)
+}
+
+#[inline(always)]
+fn add_to_site(totals: *mut SiteTotals, bytes: u64, allocations: u64) {
+    // SAFETY: `totals` is this CPU's slot of a map value, valid for the program's run;
+    // eBPF programs do not migrate, so no other writer races with this one. A free on
+    // another CPU than its allocation leaves one slot "negative": the agent sums them.
+    unsafe {
+        (*totals).bytes = (*totals).bytes.wrapping_add(bytes);
+        (*totals).allocations = (*totals).allocations.wrapping_add(allocations);
+    }
+}
+
+#[inline(always)]
+fn record(tgid: u32, addr: u64, size: u64, site: SiteKey) {
+    let Some(totals) = site_totals(&site) else {
+        count(Counter::DroppedSites);
+        return;
+    };
+    let key = AllocKey { tgid, pad: 0, addr };
+    let info = AllocInfo {
+        size,
+        // SAFETY: the helper has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_boot_ns() },
+        site,
+    };
+    let mut inserted = ALLOCS.insert(&key, &info, u64::from(BPF_NOEXIST));
+    if inserted == Err(-EEXIST) {
+        // The block was freed by a path no probe sees; its old record is stale.
+        release(tgid, addr);
+        inserted = ALLOCS.insert(&key, &info, u64::from(BPF_NOEXIST));
+    }
+    if inserted.is_err() {
+        count(Counter::DroppedAllocations);
+        return;
+    }
+    add_to_site(totals, size, 1);
+    count(Counter::Allocations);
+}
+
+/// Forgets the block at `addr`; false when it was not recorded.
+#[inline(always)]
+fn release(tgid: u32, addr: u64) -> bool {
+    if addr == 0 {
+        return false;
+    }
+    let key = AllocKey { tgid, pad: 0, addr };
+    // SAFETY: a plain value copied out of the map.
+    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
+        return false;
+    };
+    // Of two racing frees of one block only the one that removes it subtracts.
+    if ALLOCS.remove(&key).is_err() {
+        return false;
+    }
+    if let Some(totals) = SITE_TOTALS.get_ptr_mut(&info.site) {
+        add_to_site(totals, info.size.wrapping_neg(), u64::MAX);
+    }
+    count(Counter::Frees);
+    true
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}

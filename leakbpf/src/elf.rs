@@ -1,0 +1,182 @@
+//! Finds functions defined by an ELF object: where they are in the file, and their first
+//! bytes, which the probe placement decodes.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// Bytes of a function read for placement: a prologue is a handful of instructions.
+const PROLOGUE_BYTES: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF object leakbpf can read: {source}")]
+    Parse {
+        path: PathBuf,
+        source: object::read::Error,
+    },
+}
+
+/// A function defined in an object file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    /// Its address in the object (the ELF virtual address).
+    pub address: u64,
+    /// Where its first byte is in the file: what a uprobe is attached to.
+    pub file_offset: u64,
+    /// Its first bytes, at most [`PROLOGUE_BYTES`], never past its end.
+    pub prologue: Vec<u8>,
+}
+
+/// An object file read into memory.
+pub struct ElfObject {
+    path: PathBuf,
+    data: Vec<u8>,
+}
+
+impl ElfObject {
+    pub fn open(path: &Path) -> Result<Self, ElfError> {
+        let data = std::fs::read(path).map_err(|source| ElfError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            data,
+        })
+    }
+
+    /// The functions among `names` that this object defines, by name. A name versioned
+    /// in the dynamic symbol table (`malloc@@GLIBC_2.2.5`) is found by its plain name.
+    pub fn functions(&self, names: &[&str]) -> Result<HashMap<String, Function>, ElfError> {
+        let file = object::File::parse(&*self.data).map_err(|source| ElfError::Parse {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut found = HashMap::new();
+        // The dynamic table names what other objects bind to; the full table of a
+        // static executable is the only one it has.
+        for symbol in file.dynamic_symbols().chain(file.symbols()) {
+            if !symbol.is_definition() || symbol.kind() != SymbolKind::Text {
+                continue;
+            }
+            let Ok(name) = symbol.name() else { continue };
+            let name = name.split('@').next().unwrap_or(name);
+            if found.contains_key(name) || !names.contains(&name) {
+                continue;
+            }
+            let Some(file_offset) = file_offset(&file, symbol.address()) else {
+                continue;
+            };
+            let length = match symbol.size() {
+                0 => PROLOGUE_BYTES,
+                size => size.min(PROLOGUE_BYTES),
+            };
+            let prologue = usize::try_from(file_offset)
+                .ok()
+                .and_then(|start| {
+                    let end = start.checked_add(usize::try_from(length).ok()?)?;
+                    self.data.get(start..end.min(self.data.len()))
+                })
+                .unwrap_or_default()
+                .to_vec();
+            found.insert(
+                name.to_owned(),
+                Function {
+                    address: symbol.address(),
+                    file_offset,
+                    prologue,
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    /// The program interpreter (`PT_INTERP`), absent in a static executable.
+    pub fn interpreter(&self) -> Result<Option<PathBuf>, ElfError> {
+        use object::read::elf::{ElfFile64, ProgramHeader};
+        let file = ElfFile64::<object::Endianness>::parse(&*self.data).map_err(|source| {
+            ElfError::Parse {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        let endian = file.endian();
+        for header in file.elf_program_headers() {
+            if let Ok(Some(interp)) = header.interpreter(endian, &*self.data) {
+                let interp = interp.strip_suffix(b"\0").unwrap_or(interp);
+                return Ok(Some(PathBuf::from(
+                    String::from_utf8_lossy(interp).into_owned(),
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The file offset of the byte at virtual `address`, through the segment that maps it.
+fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
+    file.segments().find_map(|segment| {
+        let (start, size) = segment.file_range();
+        let delta = address.checked_sub(segment.address())?;
+        (delta < size).then_some(start + delta)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test binary links glibc dynamically, so its libc is at hand.
+    fn own_libc() -> PathBuf {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("own maps");
+        maps.lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .find(|path| path.contains("/libc.so"))
+            .map(PathBuf::from)
+            .expect("this test process maps libc")
+    }
+
+    #[test]
+    fn finds_malloc_and_free_in_libc_with_their_first_bytes() {
+        let libc = ElfObject::open(&own_libc()).unwrap();
+        let found = libc.functions(&["malloc", "free", "no_such_fn"]).unwrap();
+        assert!(!found.contains_key("no_such_fn"));
+        for name in ["malloc", "free"] {
+            let function = &found[name];
+            assert!(function.address > 0);
+            assert!(!function.prologue.is_empty());
+            // The bytes at the file offset are the bytes the loader maps at the address.
+            let data = std::fs::read(own_libc()).unwrap();
+            let at = usize::try_from(function.file_offset).unwrap();
+            assert_eq!(
+                &data[at..at + function.prologue.len()],
+                &function.prologue[..]
+            );
+        }
+    }
+
+    #[test]
+    fn aliases_resolve_to_one_address() {
+        // glibc exports aligned_alloc and memalign as one function; probing both would
+        // count every call twice, so the caller dedupes by address.
+        let libc = ElfObject::open(&own_libc()).unwrap();
+        let found = libc.functions(&["aligned_alloc", "memalign"]).unwrap();
+        assert_eq!(found["aligned_alloc"].address, found["memalign"].address);
+    }
+
+    #[test]
+    fn own_executable_has_an_interpreter() {
+        let exe = ElfObject::open(Path::new("/proc/self/exe")).unwrap();
+        let interp = exe.interpreter().unwrap().expect("dynamically linked");
+        assert!(interp.to_string_lossy().contains("ld-linux"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Finds the object files a traced program runs, in the order the dynamic linker binds
+//! symbols: the executable first, then its libraries.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::elf::{ElfError, ElfObject};
+
+/// An object file mapped (or about to be mapped) by the traced program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappedObject {
+    /// The path as the traced process sees it.
+    pub path: PathBuf,
+    /// The path this agent opens and attaches to: through `/proc/PID/root` for a process
+    /// in another mount namespace, such as a container.
+    pub host_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot read the memory map of pid {pid}: {source}")]
+    Maps { pid: u32, source: io::Error },
+    #[error("cannot list the libraries of {exe} with its loader {loader}: {reason}")]
+    Loader {
+        exe: PathBuf,
+        loader: PathBuf,
+        reason: String,
+    },
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+}
+
+/// The objects process `pid` has mapped as code, executable first.
+pub fn of_process(pid: u32) -> Result<Vec<MappedObject>, ObjectsError> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let maps = std::fs::read_to_string(proc_dir.join("maps")).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ObjectsError::NoSuchProcess(pid)
+        } else {
+            ObjectsError::Maps { pid, source }
+        }
+    })?;
+    let exe = std::fs::read_link(proc_dir.join("exe")).ok();
+    let root = proc_dir.join("root");
+    let mut paths: Vec<PathBuf> = exe.into_iter().collect();
+    for path in maps.lines().filter_map(executable_mapping) {
+        if !paths.iter().any(|known| known == path) {
+            paths.push(path.to_owned());
+        }
+    }
+    Ok(paths
+        .into_iter()
+        .map(|path| MappedObject {
+            host_path: under_root(&root, &path),
+            path,
+        })
+        .collect())
+}
+
+/// The objects `exe` will map when started from here: itself, then what its program
+/// interpreter lists, honouring this environment's `LD_PRELOAD` and `LD_LIBRARY_PATH`,
+/// which the started command inherits.
+pub fn of_command(exe: &Path) -> Result<Vec<MappedObject>, ObjectsError> {
+    let mut paths = vec![exe.to_owned()];
+    if let Some(loader) = ElfObject::open(exe)?.interpreter()? {
+        // `--list` loads the libraries without running any of their code.
+        let output = Command::new(&loader)
+            .arg("--list")
+            .arg(exe)
+            .output()
+            .map_err(|err| ObjectsError::Loader {
+                exe: exe.to_owned(),
+                loader: loader.clone(),
+                reason: err.to_string(),
+            })?;
+        if !output.status.success() {
+            return Err(ObjectsError::Loader {
+                exe: exe.to_owned(),
+                loader,
+                reason: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        paths.extend(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(listed_library)
+                .map(PathBuf::from),
+        );
+    }
+    Ok(paths
+        .into_iter()
+        .map(|path| MappedObject {
+            host_path: path.clone(),
+            path,
+        })
+        .collect())
+}
+
+/// The path of a file mapped executable, from a `/proc/PID/maps` line.
+fn executable_mapping(line: &str) -> Option<&Path> {
+    let mut fields = line.splitn(6, ' ');
+    let permissions = fields.nth(1)?;
+    let path = fields.nth(3)?.trim_start();
+    (permissions.contains('x') && path.starts_with('/')).then(|| Path::new(path))
+}
+
+/// The resolved path from a loader `--list` line: `libc.so.6 => /lib/.../libc.so.6 (0x…)`
+/// or, for the loader itself, `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+fn listed_library(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let resolved = line.split_once(" => ").map_or(line, |(_, path)| path);
+    let path = resolved
+        .rsplit_once(" (")
+        .map_or(resolved, |(path, _)| path);
+    path.starts_with('/').then_some(path)
+}
+
+fn under_root(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_executable_mappings_only() {
+        let code = "7f00-7f10 r-xp 00028000 fe:01 1234   /usr/lib/x86_64-linux-gnu/libc.so.6";
+        let data = "7f10-7f20 rw-p 00000000 00:00 0 ";
+        let spaced = "7f20-7f30 r-xp 00001000 fe:01 99     /opt/my app/lib x.so";
+        assert_eq!(
+            executable_mapping(code),
+            Some(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+        );
+        assert_eq!(executable_mapping(data), None);
+        assert_eq!(
+            executable_mapping(spaced),
+            Some(Path::new("/opt/my app/lib x.so"))
+        );
+        assert_eq!(
+            executable_mapping("7f00-7f10 r-xp 00000000 00:00 0   [vdso]"),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_loader_list_lines() {
+        assert_eq!(
+            listed_library("\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)"),
+            Some("/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        assert_eq!(
+            listed_library("\t/lib64/ld-linux-x86-64.so.2 (0x00007f)"),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
+        assert_eq!(listed_library("\tlinux-vdso.so.1 (0x00007ffd)"), None);
+    }
+
+    #[test]
+    fn own_process_maps_its_executable_first_and_libc() {
+        let objects = of_process(std::process::id()).unwrap();
+        assert_eq!(objects[0].path, std::env::current_exe().unwrap());
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.path.to_string_lossy().contains("libc.so"))
+        );
+        let root = format!("/proc/{}/root/", std::process::id());
+        assert!(objects[0].host_path.starts_with(&root));
+    }
+
+    #[test]
+    fn command_lists_libc_through_its_loader() {
+        let objects = of_command(&std::env::current_exe().unwrap()).unwrap();
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.path.to_string_lossy().contains("libc.so"))
+        );
+    }
+
+    #[test]
+    fn a_missing_process_is_named() {
+        let err = of_process(u32::MAX - 7).unwrap_err();
+        assert!(matches!(err, ObjectsError::NoSuchProcess(_)), "{err}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Writes reports: a table for people, or JSON lines for log pipelines.
+
+use std::{
+    fmt::Write as _,
+    fs::OpenOptions,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use crate::report::Report;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Frames shown per call site in the table; JSON carries them all.
+const TABLE_FRAMES: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot open output file {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot write the report: {0}")]
+    Write(#[from] io::Error),
+}
+
+pub struct Output {
+    format: Format,
+    sink: Box<dyn Write + Send>,
+}
+
+impl Output {
+    /// Reports to `path`, created with `mode` if new, or to stdout.
+    pub fn open(format: Format, path: Option<&Path>, mode: u32) -> Result<Self, OutputError> {
+        let sink: Box<dyn Write + Send> = match path {
+            Some(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(mode)
+                    .open(path)
+                    .map_err(|source| OutputError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+            ),
+            None => Box::new(io::stdout()),
+        };
+        Ok(Self { format, sink })
+    }
+
+    pub fn write(&mut self, report: &Report) -> Result<(), OutputError> {
+        let text = match self.format {
+            Format::Json => {
+                let mut line = serde_json::to_string(report).map_err(io::Error::from)?;
+                line.push('\n');
+                line
+            }
+            Format::Table => table(report),
+        };
+        self.sink.write_all(text.as_bytes())?;
+        self.sink.flush()?;
+        Ok(())
+    }
+}
+
+/// The report as a table: one block per call site, its stack under it.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let c = &report.counters;
+    let _ = writeln!(
+        out,
+        "leakbpf report #{}{} pid {} at {}: {} B outstanding in {} allocations at {} call sites",
+        report.report,
+        if report.is_final { " (final)" } else { "" },
+        report.pid,
+        report.timestamp,
+        report.totals.outstanding_bytes,
+        report.totals.outstanding_allocations,
+        report.totals.callsites,
+    );
+    let _ = writeln!(
+        out,
+        "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures",
+        c.allocations, c.frees, c.unknown_frees, c.failed_allocations, c.stack_failures
+    );
+    for (count, what, flag) in [
+        (
+            c.dropped_allocations,
+            "allocations were not recorded: the allocation map is full",
+            "--max-allocs",
+        ),
+        (
+            c.dropped_sites,
+            "allocations were not recorded: the call-site map is full",
+            "--max-stacks",
+        ),
+        (
+            c.dropped_calls,
+            "allocation calls were missed: too many threads allocating at once",
+            "fewer threads",
+        ),
+    ] {
+        if count > 0 {
+            let _ = writeln!(out, "  WARNING: {count} {what} (raise {flag})");
+        }
+    }
+    if report.callsites.is_empty() {
+        let _ = writeln!(out, "  no outstanding allocations");
+    } else {
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>15}",
+            "RANK", "BYTES", "ALLOCS", "AVG SIZE", "OLDEST", "GROWTH"
+        );
+    }
+    for site in &report.callsites {
+        let oldest = site
+            .oldest_age_s
+            .map_or_else(|| "-".to_owned(), |age| format!("{age:.1}s"));
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>+15}",
+            site.rank, site.bytes, site.allocations, site.average_size, oldest, site.growth_bytes
+        );
+        for frame in site.frames.iter().take(TABLE_FRAMES) {
+            let name = frame.function.as_deref().unwrap_or("[unknown]");
+            let marker = if frame.inlined { " [inlined]" } else { "" };
+            let place = match (&frame.file, frame.line, &frame.module, frame.offset) {
+                (Some(file), Some(line), _, _) => format!("{file}:{line}"),
+                (Some(file), None, _, _) => file.clone(),
+                (None, _, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+                _ => format!("{:#x}", frame.address),
+            };
+            let _ = writeln!(out, "          {name}{marker}  {place}");
+        }
+        if site.frames.len() > TABLE_FRAMES {
+            let _ = writeln!(
+                out,
+                "          ... {} more frames",
+                site.frames.len() - TABLE_FRAMES
+            );
+        }
+    }
+    out.push('\n');
+    out
+}

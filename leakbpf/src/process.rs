@@ -1,0 +1,188 @@
+//! The traced process: starting a command held before its first instruction, and
+//! noticing when a process exits.
+
+use std::{
+    ffi::{CString, OsString},
+    io,
+    num::NonZeroU32,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use tokio::io::unix::AsyncFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("command not found: {0}")]
+    NotFound(String),
+    #[error("an argument contains a NUL byte")]
+    NulInArgument,
+    #[error("cannot start the command: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot watch pid {pid}: {source}")]
+    Watch { pid: u32, source: io::Error },
+}
+
+/// The executable `program` names: a path, or a name looked up in `PATH`.
+pub fn resolve(program: &OsString) -> Result<PathBuf, ProcessError> {
+    which::which(program).map_err(|_| ProcessError::NotFound(program.to_string_lossy().into()))
+}
+
+/// A started command, held before `exec` until [`PausedChild::release`], so the probes
+/// are in place before it runs a single instruction of its own.
+pub struct PausedChild {
+    pub pid: NonZeroU32,
+    go: OwnedFd,
+}
+
+/// Starts `exe` with `args` (`args[0]` is the program name it sees), paused.
+///
+/// Must run while this process has a single thread: the child runs plain code between
+/// `fork` and `exec`, which is only sound when no other thread could hold a lock.
+pub fn spawn_paused(exe: &Path, args: &[OsString]) -> Result<PausedChild, ProcessError> {
+    let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|_| ProcessError::NulInArgument)?;
+    let args = args
+        .iter()
+        .map(|arg| CString::new(arg.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ProcessError::NulInArgument)?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let mut fds: [RawFd; 2] = [-1; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(ProcessError::Spawn(io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors owned by nobody else.
+    let (wait_end, go_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+    // SAFETY: single-threaded (see above); the child only calls async-signal-safe
+    // functions on memory prepared before the fork, then execs or exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(ProcessError::Spawn(io::Error::last_os_error())),
+        0 => unsafe { wait_then_exec(wait_end.as_raw_fd(), go_end.as_raw_fd(), &exe, &argv) },
+        pid => {
+            let pid = NonZeroU32::new(pid as u32).ok_or_else(|| {
+                ProcessError::Spawn(io::Error::other("fork returned an invalid pid"))
+            })?;
+            drop(wait_end);
+            Ok(PausedChild { pid, go: go_end })
+        }
+    }
+}
+
+/// The child's side: wait for the go byte, then exec. Never returns.
+///
+/// # Safety
+/// Only in a child just forked by [`spawn_paused`].
+unsafe fn wait_then_exec(
+    wait_end: RawFd,
+    go_end: RawFd,
+    exe: &CString,
+    argv: &[*const libc::c_char],
+) -> ! {
+    // SAFETY: all calls are async-signal-safe, on descriptors and memory that the fork
+    // copied into this child.
+    unsafe {
+        libc::close(go_end);
+        let mut byte = 0u8;
+        loop {
+            let read = libc::read(wait_end, (&raw mut byte).cast(), 1);
+            if read == 1 {
+                break;
+            }
+            if read == 0 || *libc::__errno_location() != libc::EINTR {
+                // The agent is gone without attaching: do not run untraced.
+                libc::_exit(126);
+            }
+        }
+        libc::execv(exe.as_ptr(), argv.as_ptr());
+        let message = b"leakbpf: error: cannot execute the command\n";
+        libc::write(2, message.as_ptr().cast(), message.len());
+        libc::_exit(127)
+    }
+}
+
+impl PausedChild {
+    /// Lets the command run.
+    pub fn release(self) -> io::Result<()> {
+        let written = unsafe {
+            // SAFETY: writes one byte from a live local to an open descriptor.
+            libc::write(self.go.as_raw_fd(), [1u8].as_ptr().cast(), 1)
+        };
+        if written == 1 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Becomes ready when a process exits, through a pidfd.
+pub struct ExitWatch {
+    pid: u32,
+    fd: AsyncFd<OwnedFd>,
+    reap: bool,
+}
+
+impl ExitWatch {
+    /// Watches `pid`; `reap` when it is this process's child, to collect its status.
+    pub fn new(pid: u32, reap: bool) -> Result<Self, ProcessError> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.raw_os_error() == Some(libc::ESRCH) {
+                ProcessError::NoSuchProcess(pid)
+            } else {
+                ProcessError::Watch { pid, source: err }
+            });
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let fd = crate::fd::poll(fd).map_err(|source| ProcessError::Watch { pid, source })?;
+        Ok(Self { pid, fd, reap })
+    }
+
+    /// Waits for the exit; says how it ended when the process was this one's child.
+    pub async fn exited(&self) -> Option<String> {
+        // A pidfd only ever becomes readable once, at exit.
+        let _ready = self.fd.readable().await;
+        if !self.reap {
+            return None;
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child, which has exited, into a live local.
+        let reaped = unsafe { libc::waitpid(self.pid as libc::pid_t, &raw mut status, 0) };
+        (reaped == self.pid as libc::pid_t).then(|| describe(status))
+    }
+}
+
+fn describe(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("was killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("ended with wait status {status:#x}")
+    }
+}
+
+/// Whether `pid` still runs (a zombie counts as gone).
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesised command name, which may hold spaces.
+            let (_, rest) = stat.rsplit_once(") ")?;
+            rest.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}

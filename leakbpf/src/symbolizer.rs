@@ -1,0 +1,255 @@
+//! Turns stacks of return addresses into named frames, with blazesym.
+//!
+//! blazesym's `Symbolizer` caches parsed ELF and DWARF data, so one lives for the whole
+//! run; it is not `Send`, so it lives on a thread of its own, fed through a channel with
+//! whole batches of stacks.
+
+use std::{num::NonZeroU32, sync::mpsc, thread};
+
+use blazesym::{
+    Pid,
+    normalize::{Normalizer, UserMeta},
+    symbolize::{
+        CodeInfo, Input, Symbolized, Symbolizer,
+        cache::{self, Cache},
+        source::{Process, Source},
+    },
+};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+/// One frame of a symbolized stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// The return address, as the process saw it.
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    /// Demangled function name.
+    pub function: Option<String>,
+    /// The object file the address is in.
+    pub module: Option<String>,
+    /// The address's offset in that file.
+    #[serde(serialize_with = "hex_opt")]
+    pub offset: Option<u64>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// A function inlined into the frame below it: it shares its address.
+    pub inlined: bool,
+}
+
+fn hex<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{value:#x}"))
+}
+
+fn hex_opt<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => hex(value, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A stack to symbolize: its id and return addresses, innermost first.
+pub type StackRequest = (u64, Vec<u64>);
+
+struct Request {
+    pid: NonZeroU32,
+    stacks: Vec<StackRequest>,
+    reply: oneshot::Sender<Vec<(u64, Vec<Frame>)>>,
+}
+
+/// The handle to the symbolizing thread.
+pub struct SymbolizerHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the symbolizer thread is gone")]
+pub struct SymbolizerGone;
+
+impl SymbolizerHandle {
+    pub fn spawn() -> std::io::Result<Self> {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("symbolizer".into())
+            .spawn(move || {
+                let worker = Worker::new();
+                for request in incoming {
+                    let frames = worker.symbolize(request.pid, request.stacks);
+                    // The agent may have stopped waiting: nothing to do then.
+                    let _ = request.reply.send(frames);
+                }
+            })?;
+        Ok(Self { requests })
+    }
+
+    /// Symbolizes `stacks` of process `pid`; each comes back with its id.
+    pub async fn symbolize(
+        &self,
+        pid: NonZeroU32,
+        stacks: Vec<StackRequest>,
+    ) -> Result<Vec<(u64, Vec<Frame>)>, SymbolizerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { pid, stacks, reply })
+            .map_err(|_| SymbolizerGone)?;
+        answer.await.map_err(|_| SymbolizerGone)
+    }
+}
+
+struct Worker {
+    symbolizer: Symbolizer,
+    normalizer: Normalizer,
+}
+
+impl Worker {
+    fn new() -> Self {
+        Self {
+            symbolizer: Symbolizer::builder()
+                .enable_inlined_fns(true)
+                .enable_code_info(true)
+                .enable_demangling(true)
+                .build(),
+            normalizer: Normalizer::new(),
+        }
+    }
+
+    fn symbolize(&self, pid: NonZeroU32, stacks: Vec<StackRequest>) -> Vec<(u64, Vec<Frame>)> {
+        // Refresh the cached memory map while the process is alive (it may have loaded
+        // libraries since), so stacks asked for after it exited still resolve. A failure
+        // leaves the previous cache in place.
+        let _ = self
+            .symbolizer
+            .cache(&Cache::Process(cache::Process::new(Pid::from(pid.get()))));
+        // Return addresses point after the call; the call itself is one byte earlier.
+        let calls: Vec<u64> = stacks
+            .iter()
+            .flat_map(|(_, addresses)| addresses.iter().map(|a| a.saturating_sub(1)))
+            .collect();
+        let symbols = self.symbols(pid, &calls);
+        let locations = self.locations(pid, &calls);
+        let mut next = symbols.into_iter().zip(locations);
+        stacks
+            .into_iter()
+            .map(|(id, addresses)| {
+                let frames = addresses
+                    .iter()
+                    .zip(next.by_ref())
+                    .flat_map(|(&address, (symbol, location))| frames_at(address, symbol, location))
+                    .collect();
+                (id, frames)
+            })
+            .collect()
+    }
+
+    /// Symbols of `calls`, one per address, None where none was found.
+    fn symbols(&self, pid: NonZeroU32, calls: &[u64]) -> Vec<Option<Symbol>> {
+        // Through /proc/PID/map_files first: it reaches files inside another mount
+        // namespace, and deleted ones. Once the process exited only the paths it had
+        // mapped remain, from the cached memory map.
+        let through = |map_files: bool| {
+            let mut process = Process::new(Pid::from(pid.get()));
+            process.map_files = map_files;
+            process.perf_map = false;
+            self.symbolizer
+                .symbolize(&Source::Process(process), Input::AbsAddr(calls))
+        };
+        let symbolized = through(true).or_else(|_| through(false));
+        match symbolized {
+            Ok(symbolized) => symbolized.into_iter().map(Symbol::of).collect(),
+            Err(err) => {
+                log::debug!("cannot symbolize stacks of pid {pid}: {err}");
+                vec![None; calls.len()]
+            }
+        }
+    }
+
+    /// The module and file offset of each of `calls`, while the process is alive.
+    fn locations(&self, pid: NonZeroU32, calls: &[u64]) -> Vec<Option<(String, u64)>> {
+        let Ok(output) = self
+            .normalizer
+            .normalize_user_addrs(Pid::from(pid.get()), calls)
+        else {
+            return vec![None; calls.len()];
+        };
+        output
+            .outputs
+            .iter()
+            .map(|&(offset, meta)| match output.meta.get(meta) {
+                Some(UserMeta::Elf(elf)) => Some((elf.path.display().to_string(), offset)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What blazesym said about one address, owned.
+#[derive(Clone)]
+struct Symbol {
+    /// Innermost first: the functions inlined at the address, then the real frame.
+    functions: Vec<(String, Option<(String, Option<u32>)>)>,
+    module: Option<String>,
+    /// The address in the module's own numbering, when no normalized offset is known.
+    module_address: u64,
+}
+
+impl Symbol {
+    fn of(symbolized: Symbolized<'_>) -> Option<Self> {
+        let Symbolized::Sym(sym) = symbolized else {
+            return None;
+        };
+        let location = |info: Option<&CodeInfo<'_>>| {
+            info.map(|info| (info.to_path().display().to_string(), info.line))
+        };
+        let mut functions: Vec<_> = sym
+            .inlined
+            .iter()
+            .rev()
+            .map(|inlined| {
+                (
+                    inlined.name.to_string(),
+                    location(inlined.code_info.as_ref()),
+                )
+            })
+            .collect();
+        functions.push((sym.name.to_string(), location(sym.code_info.as_deref())));
+        Some(Self {
+            functions,
+            module: sym.module.map(|m| m.to_string_lossy().into_owned()),
+            module_address: sym.addr + sym.offset as u64,
+        })
+    }
+}
+
+fn frames_at(address: u64, symbol: Option<Symbol>, location: Option<(String, u64)>) -> Vec<Frame> {
+    let Some(symbol) = symbol else {
+        let (module, offset) = location.unzip();
+        return vec![Frame {
+            address,
+            module,
+            offset,
+            ..Frame::default()
+        }];
+    };
+    let (module, offset) = match location {
+        Some((module, offset)) => (Some(module), Some(offset)),
+        None => (symbol.module, Some(symbol.module_address)),
+    };
+    let last = symbol.functions.len() - 1;
+    symbol
+        .functions
+        .into_iter()
+        .enumerate()
+        .map(|(index, (function, code))| {
+            let (file, line) = code.unzip();
+            Frame {
+                address,
+                function: Some(function),
+                module: module.clone(),
+                offset,
+                file,
+                line: line.flatten(),
+                inlined: index != last,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,136 @@
+//! Loads leakbpf's eBPF object and attaches its programs to the planned probes.
+//!
+//! Every link belongs to the [`Tracer`]: dropping it, or the agent's exit in any way
+//! (even SIGKILL, which closes the file descriptors), detaches every probe.
+
+use std::num::NonZeroU32;
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::MapError,
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use leakbpf_common::{cookie_for, map_names};
+
+use crate::{
+    kernel_maps::KernelMaps,
+    probes::{Probe, Probed},
+};
+
+/// The object `cargo xtask build-ebpf` builds from `leakbpf-ebpf`, checked by CI to be
+/// exactly what the current source builds to.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/leakbpf.bpf.o");
+
+const ALLOC_ENTER: &str = "alloc_enter";
+const ALLOC_EXIT: &str = "alloc_exit";
+const FREE_ENTER: &str = "free_enter";
+const NEW_ENTER: &str = "new_enter";
+
+/// How many entries the kernel maps hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Outstanding allocations (`--max-allocs`).
+    pub allocations: u32,
+    /// Distinct stacks, and call sites (`--max-stacks`).
+    pub stacks: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracerError {
+    #[error("cannot load the eBPF programs: {0}")]
+    Load(#[source] EbpfError),
+    #[error("cannot load eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("the eBPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("cannot attach to {probe}: {source}")]
+    Attach { probe: String, source: ProgramError },
+    #[error("cannot use eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+/// A probe attached, for `--verbose`.
+pub struct Attached {
+    pub program: &'static str,
+    pub probe: String,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+}
+
+impl Tracer {
+    pub fn load(capacity: Capacity) -> Result<(Self, KernelMaps), TracerError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::ALLOCS, capacity.allocations)
+            .map_max_entries(map_names::STACKS, capacity.stacks)
+            .map_max_entries(map_names::SITE_TOTALS, capacity.stacks)
+            .load(OBJECT)
+            .map_err(TracerError::Load)?;
+        for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, NEW_ENTER] {
+            uprobe(&mut ebpf, name)?
+                .load()
+                .map_err(|source| TracerError::Program { name, source })?;
+        }
+        let maps = KernelMaps::take(&mut ebpf)?;
+        Ok((Self { ebpf }, maps))
+    }
+
+    /// The eBPF side's own log, shown by `--verbose`.
+    pub fn logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Attaches `probes` for process `pid` only.
+    pub fn attach(
+        &mut self,
+        probes: &[Probe],
+        pid: NonZeroU32,
+    ) -> Result<Vec<Attached>, TracerError> {
+        let mut attached = Vec::new();
+        for probe in probes {
+            let (entry, cookie) = match probe.probed {
+                Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
+                Probed::Free => (FREE_ENTER, None),
+                Probed::New => (NEW_ENTER, None),
+            };
+            let mut programs = vec![(entry, cookie)];
+            if matches!(probe.probed, Probed::Alloc(_)) {
+                programs.push((ALLOC_EXIT, None));
+            }
+            for (name, cookie) in programs {
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                    cookie,
+                };
+                uprobe(&mut self.ebpf, name)?
+                    .attach(point, &probe.object.host_path, UProbeScope::OneProcess(pid))
+                    .map_err(|source| TracerError::Attach {
+                        probe: probe.to_string(),
+                        source,
+                    })?;
+                attached.push(Attached {
+                    program: name,
+                    probe: probe.to_string(),
+                });
+            }
+        }
+        Ok(attached)
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, TracerError> {
+    ebpf.program_mut(name)
+        .ok_or(TracerError::Missing(name))?
+        .try_into()
+        .map_err(|source| TracerError::Program { name, source })
+}

@@ -17,6 +17,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::warn;
 use leakbpf_common::{
     AllocInfo, AllocKey, AllocKind, Counter, NEW_MARK_MAX_DISTANCE, NewMark, Pending, SiteKey,
     SiteTotals,
@@ -90,11 +91,18 @@ fn traced_task() -> Option<CurrentTask> {
     })
 }
 
+/// Adds one to `counter`; returns its value on this CPU before, so a diagnostic can be
+/// logged on the first occurrence only.
 #[inline(always)]
-fn count(counter: Counter) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+fn count(counter: Counter) -> u64 {
+    match COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU slot, and eBPF programs do not migrate while they run.
-        unsafe { *value += 1 };
+        Some(value) => unsafe {
+            let before = *value;
+            *value = before + 1;
+            before
+        },
+        None => 0,
     }
 }
 
@@ -219,7 +227,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
         }
         return Ok(());
     }
-    record(task.tgid, block, pending.size, pending.site);
+    record(ctx, task.tgid, block, pending.size, pending.site);
     Ok(())
 }
 
@@ -287,9 +295,14 @@ fn add_to_site(totals: *mut SiteTotals, bytes: u64, allocations: u64) {
 }
 
 #[inline(always)]
-fn record(tgid: u32, addr: u64, size: u64, site: SiteKey) {
+fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, site: SiteKey) {
     let Some(totals) = site_totals(&site) else {
-        count(Counter::DroppedSites);
+        if count(Counter::DroppedSites) == 0 {
+            warn!(
+                ctx,
+                "call-site map full: allocations at new stacks are not recorded; raise --max-stacks"
+            );
+        }
         return;
     };
     let key = AllocKey { tgid, pad: 0, addr };
@@ -306,7 +319,12 @@ fn record(tgid: u32, addr: u64, size: u64, site: SiteKey) {
         inserted = ALLOCS.insert(&key, &info, u64::from(BPF_NOEXIST));
     }
     if inserted.is_err() {
-        count(Counter::DroppedAllocations);
+        if count(Counter::DroppedAllocations) == 0 {
+            warn!(
+                ctx,
+                "allocation map full: blocks are not recorded from now on; raise --max-allocs"
+            );
+        }
         return;
     }
     add_to_site(totals, size, 1);

@@ -97,7 +97,9 @@ fn walk(ctx: &ProbeContext, tgid: u32) -> Option<u64> {
         }
         Err(err) if err == -EEXIST => {}
         // The allocation is still counted at its site; only its frames are lost.
-        Err(_) => count(Counter::StackFailures),
+        Err(_) => {
+            count(Counter::StackFailures);
+        }
     }
     Some(id)
 }

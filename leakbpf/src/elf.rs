@@ -13,12 +13,12 @@ const PROLOGUE_BYTES: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not an ELF object leakbpf can read: {source}")]
+    #[error("{path} is not an ELF object leakbpf can read")]
     Parse {
         path: PathBuf,
         source: object::read::Error,

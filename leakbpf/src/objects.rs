@@ -23,7 +23,7 @@ pub struct MappedObject {
 pub enum ObjectsError {
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
-    #[error("cannot read the memory map of pid {pid}: {source}")]
+    #[error("cannot read the memory map of pid {pid}")]
     Maps { pid: u32, source: io::Error },
     #[error("cannot list the libraries of {exe} with its loader {loader}: {reason}")]
     Loader {

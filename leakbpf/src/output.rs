@@ -21,9 +21,9 @@ const TABLE_FRAMES: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("cannot open output file {path}: {source}")]
+    #[error("cannot open output file {path}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("cannot write the report: {0}")]
+    #[error("cannot write the report")]
     Write(#[from] io::Error),
 }
 

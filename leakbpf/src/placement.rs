@@ -223,7 +223,8 @@ mod tests {
             let chosen = decode_at(code, offset);
             assert!(
                 offset == 0 || is_emulated(&chosen),
-                "{name}+{offset} is {chosen}, which the kernel single-steps"
+                "{name}+{offset} is {:?}, which the kernel single-steps",
+                chosen.mnemonic()
             );
             if is_emulated(&decode_at(code, 0)) {
                 assert_eq!(offset, 0, "{name} starts emulated and must stay at 0");

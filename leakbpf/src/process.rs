@@ -20,11 +20,11 @@ pub enum ProcessError {
     NotFound(String),
     #[error("an argument contains a NUL byte")]
     NulInArgument,
-    #[error("cannot start the command: {0}")]
+    #[error("cannot start the command")]
     Spawn(#[source] io::Error),
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
-    #[error("cannot watch pid {pid}: {source}")]
+    #[error("cannot watch pid {pid}")]
     Watch { pid: u32, source: io::Error },
 }
 

@@ -40,18 +40,18 @@ pub struct Capacity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracerError {
-    #[error("cannot load the eBPF programs: {0}")]
+    #[error("cannot load the eBPF programs")]
     Load(#[source] EbpfError),
-    #[error("cannot load eBPF program {name}: {source}")]
+    #[error("cannot load eBPF program {name}")]
     Program {
         name: &'static str,
         source: ProgramError,
     },
     #[error("the eBPF object lacks {0}")]
     Missing(&'static str),
-    #[error("cannot attach to {probe}: {source}")]
+    #[error("cannot attach to {probe}")]
     Attach { probe: String, source: ProgramError },
-    #[error("cannot use eBPF map {name}: {source}")]
+    #[error("cannot use eBPF map {name}")]
     Map {
         name: &'static str,
         source: MapError,

@@ -14,7 +14,7 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
@@ -25,7 +25,8 @@ use leakbpf_common::{
 
 /// The userspace agent sets the real sizes at load time (`--max-allocs`, `--max-stacks`).
 const DEFAULT_ENTRIES: u32 = 1024;
-/// Threads with an allocation call in flight at once, and with a pending `operator new`.
+/// Threads whose in-flight call and `operator new` mark are kept. Entries are reused per
+/// thread and never deleted; LRU maps let those of exited threads make room.
 const MAX_THREADS: u32 = 65536;
 const EEXIST: i32 = 17;
 
@@ -39,9 +40,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
+static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 #[map]
-static NEW_MARKS: HashMap<u32, NewMark> = HashMap::with_max_entries(MAX_THREADS, 0);
+static NEW_MARKS: LruHashMap<u32, NewMark> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
 /// Entry of every allocation function; the attach cookie says which [`AllocKind`].
 #[uprobe]
@@ -134,10 +135,15 @@ fn product(n: u64, size: u64) -> Option<u64> {
 #[inline(always)]
 fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
     let task = traced_task().ok_or(())?;
-    if let Some(outer) = PENDING.get_ptr_mut(&task.tid) {
+    let slot = PENDING.get_ptr_mut(&task.tid);
+    if let Some(outer) = slot {
         // SAFETY: only this thread touches its own entry.
-        unsafe { (*outer).depth += 1 };
-        return Ok(());
+        unsafe {
+            if (*outer).active != 0 {
+                (*outer).depth += 1;
+                return Ok(());
+            }
+        }
     }
     // SAFETY: the helper only reads the program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
@@ -166,9 +172,17 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
         },
         kind: kind as u32,
         depth: 0,
+        active: 1,
+        pad: 0,
     };
-    if PENDING.insert(&task.tid, &pending, 0).is_err() {
-        count(Counter::DroppedCalls);
+    match slot {
+        // SAFETY: only this thread touches its own entry.
+        Some(entry) => unsafe { *entry = pending },
+        None => {
+            if PENDING.insert(&task.tid, &pending, 0).is_err() {
+                count(Counter::DroppedCalls);
+            }
+        }
     }
     Ok(())
 }
@@ -176,14 +190,17 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
 /// The stack `operator new` took for this thread, if this allocation is the one it makes.
 #[inline(always)]
 fn stack_of_new(ctx: &ProbeContext, tid: u32) -> Option<u64> {
-    // SAFETY: a plain value copied out before the entry is removed.
-    let mark = unsafe { *NEW_MARKS.get(&tid)? };
-    let _ = NEW_MARKS.remove(&tid);
+    let mark = NEW_MARKS.get_ptr_mut(&tid)?;
     // SAFETY: reading a register of the probe's own context.
     let sp = unsafe { (*ctx.regs).rsp };
-    // A mark is one-shot; one left behind by an `operator new` that did not call `malloc`
-    // must not claim an unrelated allocation, so the caller must run just below it.
-    covers(&mark, sp).then_some(mark.stack_id)
+    // SAFETY: only this thread touches its own entry. A mark is one-shot; one left behind
+    // by an `operator new` that did not call `malloc` must not claim an unrelated
+    // allocation, so the caller must run just below it.
+    unsafe {
+        let claimed = covers(&*mark, sp).then_some((*mark).stack_id);
+        (*mark).sp = 0;
+        claimed
+    }
 }
 
 #[inline(always)]
@@ -192,13 +209,16 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
     let pending_ptr = PENDING.get_ptr_mut(&task.tid).ok_or(())?;
     // SAFETY: only this thread touches its own entry.
     let pending = unsafe {
+        if (*pending_ptr).active == 0 {
+            return Ok(());
+        }
         if (*pending_ptr).depth > 0 {
             (*pending_ptr).depth -= 1;
             return Ok(());
         }
+        (*pending_ptr).active = 0;
         *pending_ptr
     };
-    let _ = PENDING.remove(&task.tid);
     let ret: u64 = ctx.ret();
     let kind = AllocKind::from_u32(pending.kind).ok_or(())?;
     let block = match kind {
@@ -251,9 +271,10 @@ fn try_new_enter(ctx: &ProbeContext) -> Result<(), ()> {
     let sp = unsafe { (*ctx.regs).rsp };
     // `new(nothrow)` and `new[]` call plain `operator new`: the outermost one has the
     // stack of the code that said `new`, the inner one's stack starts inside libstdc++.
-    // SAFETY: a plain value, only read.
-    if let Some(outer) = unsafe { NEW_MARKS.get(&task.tid) }
-        && covers(outer, sp)
+    let slot = NEW_MARKS.get_ptr_mut(&task.tid);
+    // SAFETY: only this thread touches its own entry.
+    if let Some(outer) = slot
+        && covers(unsafe { &*outer }, sp)
     {
         return Ok(());
     }
@@ -261,7 +282,13 @@ fn try_new_enter(ctx: &ProbeContext) -> Result<(), ()> {
         stack_id: stack::capture(ctx, task.tgid),
         sp,
     };
-    let _ = NEW_MARKS.insert(&task.tid, &mark, 0);
+    match slot {
+        // SAFETY: as above.
+        Some(entry) => unsafe { *entry = mark },
+        None => {
+            let _ = NEW_MARKS.insert(&task.tid, &mark, 0);
+        }
+    }
     Ok(())
 }
 

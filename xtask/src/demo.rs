@@ -1,0 +1,84 @@
+//! `cargo xtask demo` and `cargo xtask run`: the agent on a live process.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    toolchain,
+    util::{self, as_root, header},
+};
+
+/// Builds the agent (release); returns its path.
+fn build_agent(root: &Path) -> Result<PathBuf> {
+    util::run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "leakbpf",
+    ]))?;
+    let agent = util::target_dir(root).join("release").join("leakbpf");
+    if !agent.is_file() {
+        anyhow::bail!("the build succeeded but {} is missing", agent.display());
+    }
+    Ok(agent)
+}
+
+/// `cargo xtask run -- ARGS`: the release agent, as root, with `args`; returns its exit code.
+pub fn run(root: &Path, args: &[OsString]) -> Result<u8> {
+    let agent = build_agent(root)?;
+    let status = util::status(as_root(&agent, true, "leakbpf")?.args(args))?;
+    Ok(util::exit_code(status))
+}
+
+/// `cargo xtask demo`: the agent on the leaky chat server, then on its RAII-fixed build.
+/// Returns the first non-zero exit code of the two agent runs, else 0.
+pub fn demo(root: &Path) -> Result<u8> {
+    header("setup");
+    toolchain::ensure_base_packages()?;
+
+    header("build leakbpf");
+    let agent = build_agent(root)?;
+
+    header("build the demo chat server");
+    let out = util::target_dir(root).join("demo");
+    let mut out_arg = OsString::from("OUT=");
+    out_arg.push(&out);
+    util::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(root.join("tests/targets"))
+            .arg(out_arg)
+            .arg("chat_server"),
+    )?;
+    let server = out.join("chat_server");
+
+    header("leakbpf on the chat server (leaks on purpose), 7 s");
+    let leaky = profile(root, &agent, &server, &["--duration", "7"])?;
+
+    header("leakbpf on the RAII-fixed build of the chat server (--fixed), 4 s");
+    let fixed = profile(root, &agent, &server, &["--duration", "4", "--fixed"])?;
+
+    Ok(if leaky != 0 { leaky } else { fixed })
+}
+
+/// Runs the agent as root on `server args`, streaming its output; returns its exit code.
+fn profile(root: &Path, agent: &Path, server: &Path, args: &[&str]) -> Result<u8> {
+    let mut cmd = as_root(agent, true, "the demo (leakbpf loads eBPF programs)")?;
+    cmd.current_dir(root)
+        .args(["--interval", "2s", "--top", "5", "--"])
+        .arg(server)
+        .args(args);
+    println!("{}", util::describe(&cmd));
+    let status = util::status(&mut cmd)
+        .with_context(|| format!("cannot run the agent {}", agent.display()))?;
+    let code = util::exit_code(status);
+    if code != 0 {
+        println!("leakbpf exited with {status}");
+    }
+    Ok(code)
+}

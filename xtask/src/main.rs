@@ -1,0 +1,79 @@
+//! leakbpf's development tasks: `cargo xtask <task>` (see `cargo xtask --help`).
+
+mod demo;
+mod ebpf;
+mod rustc_wrapper;
+mod test;
+mod toolchain;
+mod util;
+
+use std::{env, ffi::OsString, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "leakbpf development tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the tests and the demo need (apt packages g++, make, bpftool, util-linux)
+    Setup {
+        /// Also the eBPF toolchain (nightly + rust-src, or Debian's rustc-web + LLVM 22;
+        /// and bpf-linker)
+        #[arg(long)]
+        ebpf: bool,
+    },
+    /// Build the eBPF object and ship it as leakbpf/bpf/leakbpf.bpf.o (with its toolchain stamp)
+    BuildEbpf,
+    /// Fail unless a fresh eBPF build is byte-identical to leakbpf/bpf/leakbpf.bpf.o
+    CheckEbpf,
+    /// Profile the demo chat server: the leaky build, then the RAII-fixed one
+    Demo,
+    /// Build the release agent and run it as root: `cargo xtask run -- ARGS`
+    Run {
+        /// Arguments for leakbpf
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Everything CI checks: setup --ebpf, fmt, clippy, check-ebpf, tests
+    Test,
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<ExitCode> {
+    if let Some(root) = env::var_os(rustc_wrapper::ROOT_ENV) {
+        match rustc_wrapper::run(&root)? {}
+    }
+    let cli = Cli::parse();
+    let root = util::repo_root()?;
+    match cli.task {
+        Task::Setup { ebpf } => toolchain::setup(ebpf)?,
+        Task::BuildEbpf => ebpf::build_and_ship(&root)?,
+        Task::CheckEbpf => ebpf::check(&root)?,
+        Task::Demo => return Ok(ExitCode::from(demo::demo(&root)?)),
+        Task::Run { args } => return Ok(ExitCode::from(demo::run(&root, &args)?)),
+        Task::Test => test::run(&root)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

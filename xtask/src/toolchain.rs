@@ -1,0 +1,327 @@
+//! Detecting and installing what the tests, the demo and the eBPF build need.
+//!
+//! The eBPF object is built for `bpfel-unknown-none` with `-Z build-std=core`, which needs
+//! the standard library's sources and `bpf-linker`. Two routes:
+//! - [`Route::Nightly`]: a rustup nightly with the `rust-src` component, and `bpf-linker`
+//!   from `cargo install bpf-linker`. Preferred when present.
+//! - [`Route::Debian`]: Debian 12's `rustc-web` 1.9x (with `rust-web-src`) under
+//!   `RUSTC_BOOTSTRAP=1`, and `bpf-linker` built against Debian's LLVM 22.
+
+use std::{
+    env,
+    ffi::OsString,
+    fmt,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{self, as_root, try_output, which};
+
+/// What the tests and the demo need (Debian package names).
+const BASE_PACKAGES: &[&str] = &["g++", "make", "bpftool", "util-linux"];
+/// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
+const BASE_COMMANDS: &[&str] = &["g++", "make", "bpftool"];
+/// The Debian route's compiler, standard library sources and LLVM for `bpf-linker`.
+const DEBIAN_EBPF_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "rust-web-src",
+    "cargo-web",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const DEBIAN_LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const DEBIAN_LLVM_FEATURE: &str = "llvm-22";
+const DEBIAN_LIBLLVM: &str = "libLLVM.so.22";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const BPF_LINKER_VERSION: &str = "^0.13";
+
+/// Environment variables of the calling cargo that would change how a nested build runs.
+const BUILD_ENV: &[&str] = &[
+    "CARGO",
+    "CARGO_ENCODED_RUSTDOCFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_INCREMENTAL",
+    "RUSTC",
+    "RUSTC_BOOTSTRAP",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_WRAPPER",
+    "RUSTDOC",
+    "RUSTDOCFLAGS",
+    "RUSTFLAGS",
+    "RUSTUP_TOOLCHAIN",
+];
+const BUILD_ENV_PREFIXES: &[&str] = &[
+    "CARGO_BUILD_",
+    "CARGO_PROFILE_",
+    "CARGO_TARGET_",
+    "CARGO_UNSTABLE_",
+];
+
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// `cargo xtask setup [--ebpf]`.
+pub fn setup(ebpf: bool) -> Result<()> {
+    ensure_base_packages()?;
+    ensure_rust_components()?;
+    if ebpf {
+        let toolchain = ensure_ebpf_toolchain()?;
+        println!("eBPF toolchain: {toolchain}");
+    }
+    Ok(())
+}
+
+/// Installs the packages the tests and the demo need, when missing.
+pub fn ensure_base_packages() -> Result<()> {
+    if is_debian() {
+        return ensure_packages(BASE_PACKAGES);
+    }
+    let missing: Vec<&str> = BASE_COMMANDS
+        .iter()
+        .copied()
+        .filter(|cmd| which(cmd).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "not a Debian system, so xtask cannot install packages: install {} \
+             (and util-linux) with your package manager",
+            missing.join(", ")
+        );
+    }
+    println!("found {}", BASE_COMMANDS.join(", "));
+    Ok(())
+}
+
+/// `cargo fmt` and `cargo clippy` for `cargo xtask test`, from rustup when missing.
+fn ensure_rust_components() -> Result<()> {
+    let works = |sub: &str| try_output(Command::new("cargo").args([sub, "--version"])).is_some();
+    if works("fmt") && works("clippy") {
+        return Ok(());
+    }
+    if which("rustup").is_none() {
+        bail!("`cargo fmt` or `cargo clippy` is missing, and there is no rustup to add them");
+    }
+    util::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+}
+
+fn is_debian() -> bool {
+    Path::new("/etc/debian_version").exists()
+        && which("dpkg-query").is_some()
+        && which("apt-get").is_some()
+}
+
+fn is_installed(package: &str) -> bool {
+    try_output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.ends_with(" installed"))
+}
+
+/// Installs the missing ones of `packages` with apt-get (through sudo when not root).
+fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("apt packages present: {}", packages.join(" "));
+        return Ok(());
+    }
+    println!("installing apt packages: {}", missing.join(" "));
+    let why = format!("installing {}", missing.join(" "));
+    if !APT_UPDATED.load(Ordering::Relaxed) {
+        util::run(apt(&why)?.arg("update"))?;
+        APT_UPDATED.store(true, Ordering::Relaxed);
+    }
+    util::run(apt(&why)?.args(["install", "-y"]).args(&missing))
+}
+
+fn apt(why: &str) -> Result<Command> {
+    let mut cmd = as_root("env", false, why)?;
+    cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+    Ok(cmd)
+}
+
+/// How the eBPF object gets built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Nightly,
+    Debian,
+}
+
+/// A ready eBPF toolchain: commands for its cargo and rustc, and its `bpf-linker`.
+pub struct EbpfToolchain {
+    route: Route,
+    bpf_linker: PathBuf,
+}
+
+impl fmt::Display for EbpfToolchain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = match self.route {
+            Route::Nightly => "rustup nightly with rust-src",
+            Route::Debian => "Debian rustc-web (RUSTC_BOOTSTRAP=1) with LLVM 22",
+        };
+        write!(f, "{route}, {}", self.bpf_linker.display())
+    }
+}
+
+impl EbpfToolchain {
+    /// A command with the calling cargo's build settings removed and `bpf-linker` in `PATH`.
+    fn command(&self, program: impl Into<OsString>) -> Result<Command> {
+        let mut cmd = Command::new(program.into());
+        for (key, _) in env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if BUILD_ENV.contains(&key) || BUILD_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+                cmd.env_remove(key);
+            }
+        }
+        let linker_dir = self
+            .bpf_linker
+            .parent()
+            .context("bpf-linker path has no parent")?;
+        cmd.env("PATH", util::path_with(linker_dir)?);
+        match self.route {
+            Route::Nightly => {
+                cmd.env("RUSTUP_TOOLCHAIN", "nightly");
+            }
+            Route::Debian => {
+                cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// This toolchain's cargo, ready for `-Z build-std`.
+    pub fn cargo(&self) -> Result<Command> {
+        match self.route {
+            Route::Nightly => self.command("cargo"),
+            Route::Debian => self.command(DEBIAN_CARGO),
+        }
+    }
+
+    /// This toolchain's rustc.
+    pub fn rustc(&self) -> Result<Command> {
+        match self.route {
+            Route::Nightly => self.command("rustc"),
+            Route::Debian => self.command(DEBIAN_RUSTC),
+        }
+    }
+
+    /// `rustc --print sysroot`.
+    pub fn sysroot(&self) -> Result<PathBuf> {
+        let sysroot = util::output(self.rustc()?.args(["--print", "sysroot"]))?;
+        Ok(PathBuf::from(sysroot))
+    }
+
+    /// What identifies the produced bytes: rustc, its LLVM and bpf-linker versions.
+    pub fn identity(&self) -> Result<String> {
+        let verbose = util::output(self.rustc()?.arg("-vV"))?;
+        let rustc = verbose.lines().next().unwrap_or_default().to_owned();
+        let llvm = verbose
+            .lines()
+            .find(|l| l.starts_with("LLVM version:"))
+            .unwrap_or("LLVM version: unknown")
+            .to_owned();
+        let linker = util::output(Command::new(&self.bpf_linker).arg("--version"))?;
+        Ok(format!("{rustc}\n{llvm}\n{linker}\n"))
+    }
+}
+
+/// Picks the eBPF route and installs what it lacks.
+pub fn ensure_ebpf_toolchain() -> Result<EbpfToolchain> {
+    let route = if nightly_has_rust_src() {
+        println!("using rustup nightly with rust-src");
+        Route::Nightly
+    } else if is_debian() {
+        println!("no rustup nightly with rust-src: using Debian's rustc-web");
+        ensure_packages(DEBIAN_EBPF_PACKAGES)?;
+        Route::Debian
+    } else if which("rustup").is_some() {
+        println!("installing a rustup nightly with rust-src");
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        Route::Nightly
+    } else {
+        bail!(
+            "no eBPF toolchain: building for bpfel-unknown-none needs either rustup \
+             (nightly with rust-src) or Debian 12 (rustc-web and llvm-22 packages)"
+        );
+    };
+    let bpf_linker = ensure_bpf_linker(route)?;
+    Ok(EbpfToolchain { route, bpf_linker })
+}
+
+fn nightly_has_rust_src() -> bool {
+    if which("rustup").is_none() {
+        return false;
+    }
+    try_output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
+}
+
+/// The `bpf-linker` to use, installed with `cargo install` when missing or unfit.
+fn ensure_bpf_linker(route: Route) -> Result<PathBuf> {
+    let installed = util::cargo_home()?.join("bin").join("bpf-linker");
+    let found = which("bpf-linker").or_else(|| installed.exists().then(|| installed.clone()));
+    if let Some(path) = &found {
+        match try_output(Command::new(path).arg("--version")) {
+            Some(version) if route != Route::Debian || links_debian_llvm(path) => {
+                println!("found {version} at {}", path.display());
+                return Ok(path.clone());
+            }
+            Some(version) => println!(
+                "{version} at {} is not built against {DEBIAN_LIBLLVM}: reinstalling",
+                path.display()
+            ),
+            None => println!("{} does not run: reinstalling", path.display()),
+        }
+    }
+
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", "bpf-linker", "--locked"]);
+    if found.is_some() {
+        cmd.arg("--force");
+    }
+    if route == Route::Debian {
+        let llvm_bin = Path::new(DEBIAN_LLVM_PREFIX).join("bin");
+        cmd.args(["--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args(["--features", DEBIAN_LLVM_FEATURE])
+            .env("LLVM_PREFIX", DEBIAN_LLVM_PREFIX)
+            .env("PATH", util::path_with(&llvm_bin)?);
+    }
+    println!("installing bpf-linker: {}", util::describe(&cmd));
+    util::run(&mut cmd)?;
+
+    let version = util::output(Command::new(&installed).arg("--version"))
+        .context("bpf-linker does not run after `cargo install`")?;
+    println!("installed {version} at {}", installed.display());
+    Ok(installed)
+}
+
+/// Whether `bpf-linker` uses Debian's LLVM 22 (which reads rustc-web's bitcode). A
+/// statically linked one cannot be told apart and is accepted.
+fn links_debian_llvm(path: &Path) -> bool {
+    match try_output(Command::new("ldd").arg(path)) {
+        Some(libs) if libs.contains("libLLVM") => libs
+            .lines()
+            .any(|l| l.contains(DEBIAN_LIBLLVM) && !l.contains("not found")),
+        _ => true,
+    }
+}

@@ -74,6 +74,19 @@ pub fn new_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// An empty program, attached by `--floor` wherever an entry program would go: what the
+/// benchmark measures as the cost of the uprobes themselves.
+#[uprobe]
+pub fn floor_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// An empty return program, attached by `--floor` wherever `alloc_exit` would go.
+#[uretprobe]
+pub fn floor_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
 struct CurrentTask {
     tgid: u32,
     tid: u32,

@@ -49,6 +49,8 @@ pub struct Settings {
     pub output_mode: u32,
     pub capacity: Capacity,
     pub verbose: bool,
+    /// Empty programs instead of the real ones: the benchmark's floor.
+    pub floor: bool,
 }
 
 pub fn run(settings: Settings) -> Result<()> {
@@ -85,7 +87,7 @@ pub fn run(settings: Settings) -> Result<()> {
         .context("cannot start the agent's runtime")?;
     // The pidfd is taken before attaching, so an exit during the attach is seen.
     let watch = runtime.block_on(async { ExitWatch::new(pid.get(), child.is_some()) })?;
-    let attached = match tracer.attach(&probes, pid) {
+    let attached = match tracer.attach(&probes, pid, settings.floor) {
         Ok(attached) => attached,
         Err(_) if !process::is_alive(pid.get()) => {
             bail!("pid {pid} exited while leakbpf was attaching to it")

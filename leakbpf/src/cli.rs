@@ -66,6 +66,10 @@ pub struct Cli {
     /// Show each probe attached (object, symbol, offset) and the eBPF side's diagnostics.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Attach empty programs at the same places instead: the cost of the probes alone,
+    /// for `cargo xtask bench`. Reports stay empty.
+    #[arg(long, hide = true)]
+    pub floor: bool,
     /// The command to start traced, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -106,6 +110,7 @@ impl Cli {
                 stacks: self.max_stacks.get(),
             },
             verbose: self.verbose,
+            floor: self.floor,
         }
     }
 }

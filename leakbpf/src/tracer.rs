@@ -28,6 +28,8 @@ const ALLOC_ENTER: &str = "alloc_enter";
 const ALLOC_EXIT: &str = "alloc_exit";
 const FREE_ENTER: &str = "free_enter";
 const NEW_ENTER: &str = "new_enter";
+const FLOOR_ENTER: &str = "floor_enter";
+const FLOOR_EXIT: &str = "floor_exit";
 
 /// How many entries the kernel maps hold.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +78,14 @@ impl Tracer {
             .map_max_entries(map_names::SITE_TOTALS, capacity.stacks)
             .load(OBJECT)
             .map_err(TracerError::Load)?;
-        for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, NEW_ENTER] {
+        for name in [
+            ALLOC_ENTER,
+            ALLOC_EXIT,
+            FREE_ENTER,
+            NEW_ENTER,
+            FLOOR_ENTER,
+            FLOOR_EXIT,
+        ] {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|source| TracerError::Program { name, source })?;
@@ -90,11 +99,13 @@ impl Tracer {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Attaches `probes` for process `pid` only.
+    /// Attaches `probes` for process `pid` only; with `floor`, empty programs at the same
+    /// places, which cost what the uprobes themselves cost and record nothing.
     pub fn attach(
         &mut self,
         probes: &[Probe],
         pid: NonZeroU32,
+        floor: bool,
     ) -> Result<Vec<Attached>, TracerError> {
         let mut attached = Vec::new();
         for probe in probes {
@@ -108,6 +119,11 @@ impl Tracer {
                 programs.push((ALLOC_EXIT, None));
             }
             for (name, cookie) in programs {
+                let name = match (floor, name) {
+                    (false, name) => name,
+                    (true, ALLOC_EXIT) => FLOOR_EXIT,
+                    (true, _) => FLOOR_ENTER,
+                };
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
                     cookie,

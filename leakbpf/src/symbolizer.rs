@@ -182,11 +182,14 @@ impl Worker {
     }
 }
 
+/// A source file and line.
+type SourceLocation = (String, Option<u32>);
+
 /// What blazesym said about one address, owned.
 #[derive(Clone)]
 struct Symbol {
     /// Innermost first: the functions inlined at the address, then the real frame.
-    functions: Vec<(String, Option<(String, Option<u32>)>)>,
+    functions: Vec<(String, Option<SourceLocation>)>,
     module: Option<String>,
     /// The address in the module's own numbering, when no normalized offset is known.
     module_address: u64,

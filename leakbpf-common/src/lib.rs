@@ -15,8 +15,6 @@ pub mod map_names {
     pub const STACKS: &str = "STACKS";
     /// Event counters, per CPU, indexed by [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "COUNTERS";
-    /// Processes to trace: tgid → 1.
-    pub const TRACED_PIDS: &str = "TRACED_PIDS";
     /// Allocation calls in flight, per thread: tid → [`Pending`](crate::Pending).
     pub const PENDING: &str = "PENDING";
     /// Stacks taken in `operator new`, per thread: tid → [`NewMark`](crate::NewMark).
@@ -25,6 +23,14 @@ pub mod map_names {
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
     /// Ring buffer of [`NewStack`](crate::NewStack) notices.
     pub const NEW_STACKS: &str = "NEW_STACKS";
+}
+
+/// Names of the read-only globals the agent sets when it loads the programs.
+pub mod global_names {
+    /// The tgid of the traced process (`u32`).
+    pub const TARGET_TGID: &str = "TARGET_TGID";
+    /// Non-zero when `operator new` is probed, so `malloc` looks for its stack (`u32`).
+    pub const NEW_PROBED: &str = "NEW_PROBED";
 }
 
 /// Deepest user stack the eBPF side walks, in frames.

@@ -30,6 +30,14 @@ const DEFAULT_ENTRIES: u32 = 1024;
 const MAX_THREADS: u32 = 65536;
 const EEXIST: i32 = 17;
 
+/// The traced process. A global the agent sets at load time: the verifier sees a
+/// constant, where a map lookup on every event would cost tens of nanoseconds.
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+/// Non-zero when `operator new` is probed; otherwise `malloc` skips looking for its mark.
+#[unsafe(no_mangle)]
+static NEW_PROBED: u32 = 0;
+
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_ENTRIES, 0);
 #[map]
@@ -37,8 +45,6 @@ static SITE_TOTALS: PerCpuHashMap<SiteKey, SiteTotals> =
     PerCpuHashMap::with_max_entries(DEFAULT_ENTRIES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-#[map]
-static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 #[map]
@@ -92,17 +98,23 @@ struct CurrentTask {
     tid: u32,
 }
 
+/// The calling task.
+#[inline(always)]
+fn current_task() -> CurrentTask {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    CurrentTask {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+    }
+}
+
 /// The calling task, if its process is traced.
 #[inline(always)]
 fn traced_task() -> Option<CurrentTask> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: the value is a plain u32 that is only read.
-    unsafe { TRACED_PIDS.get(&tgid) }?;
-    Some(CurrentTask {
-        tgid,
-        tid: pid_tgid as u32,
-    })
+    let task = current_task();
+    // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    (task.tgid == target).then_some(task)
 }
 
 /// Adds one to `counter`; returns its value on this CPU before, so a diagnostic can be
@@ -174,7 +186,12 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
         count(Counter::FailedAllocations);
         return Ok(());
     };
-    let stack_id = stack_of_new(ctx, task.tid).unwrap_or_else(|| stack::capture(ctx, task.tgid));
+    // SAFETY: a read-only global, as above.
+    let new_probed = unsafe { core::ptr::read_volatile(&NEW_PROBED) } != 0;
+    let stack_id = new_probed
+        .then(|| stack_of_new(ctx, task.tid))
+        .flatten()
+        .unwrap_or_else(|| stack::capture(ctx, task.tgid));
     let pending = Pending {
         size,
         arg_ptr,
@@ -218,7 +235,8 @@ fn stack_of_new(ctx: &ProbeContext, tid: u32) -> Option<u64> {
 
 #[inline(always)]
 fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
-    let task = traced_task().ok_or(())?;
+    // Only traced threads have an entry: no need to check the process again.
+    let task = current_task();
     let pending_ptr = PENDING.get_ptr_mut(&task.tid).ok_or(())?;
     // SAFETY: only this thread touches its own entry.
     let pending = unsafe {

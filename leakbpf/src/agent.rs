@@ -79,8 +79,7 @@ pub fn run(settings: Settings) -> Result<()> {
     let probes = probes::plan(&objects).with_context(|| format!("pid {pid}"))?;
     privileges::raise_memlock_limit();
 
-    let (mut tracer, mut maps) = Tracer::load(settings.capacity)?;
-    maps.trace(pid.get())?;
+    let (mut tracer, maps) = Tracer::load(settings.capacity, pid, &probes)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,7 +13,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use leakbpf_common::{cookie_for, map_names};
+use leakbpf_common::{cookie_for, global_names, map_names};
 
 use crate::{
     kernel_maps::KernelMaps,
@@ -71,8 +71,16 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn load(capacity: Capacity) -> Result<(Self, KernelMaps), TracerError> {
+    /// Loads the programs for tracing process `pid` through `probes`.
+    pub fn load(
+        capacity: Capacity,
+        pid: NonZeroU32,
+        probes: &[Probe],
+    ) -> Result<(Self, KernelMaps), TracerError> {
+        let new_probed = u32::from(probes.iter().any(|p| p.probed == Probed::New));
         let mut ebpf = EbpfLoader::new()
+            .override_global(global_names::TARGET_TGID, &pid.get(), true)
+            .override_global(global_names::NEW_PROBED, &new_probed, true)
             .map_max_entries(map_names::ALLOCS, capacity.allocations)
             .map_max_entries(map_names::STACKS, capacity.stacks)
             .map_max_entries(map_names::SITE_TOTALS, capacity.stacks)

@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use crate::{
+    child::{ChildEvent, TracedChild},
     fd,
     kernel_maps::KernelMaps,
     objects,
@@ -85,7 +86,15 @@ pub fn run(settings: Settings) -> Result<()> {
         .build()
         .context("cannot start the agent's runtime")?;
     // The pidfd is taken before attaching, so an exit during the attach is seen.
-    let watch = runtime.block_on(async { ExitWatch::new(pid.get(), child.is_some()) })?;
+    let lifetime = match &child {
+        // Seized before it runs, so even an exit in its first microseconds is held.
+        Some(child) => Lifetime::Child(
+            runtime
+                .block_on(async { TracedChild::seize(child.pid) })
+                .context("cannot supervise the command")?,
+        ),
+        None => Lifetime::Pid(runtime.block_on(async { ExitWatch::new(pid.get()) })?),
+    };
     let attached = match tracer.attach(&probes, pid, settings.floor) {
         Ok(attached) => attached,
         Err(_) if !process::is_alive(pid.get()) => {
@@ -110,7 +119,7 @@ pub fn run(settings: Settings) -> Result<()> {
         top: settings.top,
         min_age: settings.min_age,
     };
-    let result = runtime.block_on(monitor.run(watch, settings.count, logger));
+    let result = runtime.block_on(monitor.run(lifetime, settings.count, logger));
     // Every probe detaches here, whatever the result.
     drop(tracer);
     result
@@ -148,6 +157,32 @@ fn release(child: PausedChild) -> Result<()> {
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
+/// How the agent learns that the target ends.
+enum Lifetime {
+    /// A process it attached to: a pidfd.
+    Pid(ExitWatch),
+    /// A command it started: held at its exit (see [`TracedChild`]).
+    Child(TracedChild),
+}
+
+impl Lifetime {
+    async fn next(&mut self) -> Option<ChildEvent> {
+        match self {
+            Lifetime::Pid(watch) => {
+                watch.exited().await;
+                None
+            }
+            Lifetime::Child(child) => child.next().await,
+        }
+    }
+
+    fn resume(&self) {
+        if let Lifetime::Child(child) = self {
+            child.resume();
+        }
+    }
+}
+
 struct Monitor {
     pid: NonZeroU32,
     maps: KernelMaps,
@@ -165,7 +200,7 @@ struct Monitor {
 impl Monitor {
     async fn run(
         mut self,
-        watch: ExitWatch,
+        mut lifetime: Lifetime,
         count: Option<u64>,
         logger: Option<Logger>,
     ) -> Result<()> {
@@ -181,8 +216,6 @@ impl Monitor {
             Some(logger) => Some(fd::poll(logger).context("cannot poll the eBPF log")?),
             None => None,
         };
-        let exited = watch.exited();
-        tokio::pin!(exited);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
@@ -193,13 +226,24 @@ impl Monitor {
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
-                status = &mut exited => {
-                    match status {
-                        Some(status) => eprintln!("leakbpf: pid {} {status}", self.pid),
-                        None => eprintln!("leakbpf: pid {} exited", self.pid),
+                event = lifetime.next() => match event {
+                    Some(ChildEvent::Exiting) => {
+                        // Its memory map is still there: name every stack seen so far.
+                        if let Some(ring) = new_stacks.as_mut() {
+                            self.symbolize_new(ring.get_mut()).await?;
+                        }
+                        self.symbolizer.remember(self.pid).await?;
+                        lifetime.resume();
                     }
-                    break;
-                }
+                    Some(ChildEvent::Exited(status)) => {
+                        eprintln!("leakbpf: pid {} {status}", self.pid);
+                        break;
+                    }
+                    None => {
+                        eprintln!("leakbpf: pid {} exited", self.pid);
+                        break;
+                    }
+                },
                 ready = readable(&mut new_stacks) => {
                     let mut guard = ready?;
                     self.symbolize_new(guard.get_inner_mut()).await?;

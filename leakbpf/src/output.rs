@@ -126,6 +126,12 @@ pub fn table(report: &Report) -> String {
             "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>+15}",
             site.rank, site.bytes, site.allocations, site.average_size, oldest, site.growth_bytes
         );
+        if site.frames.is_empty() {
+            let _ = writeln!(
+                out,
+                "          [stack not available: unreadable, or the stack map was full (--max-stacks)]"
+            );
+        }
         for frame in site.frames.iter().take(TABLE_FRAMES) {
             let name = frame.function.as_deref().unwrap_or("[unknown]");
             let marker = if frame.inlined { " [inlined]" } else { "" };

@@ -127,14 +127,11 @@ impl PausedChild {
 
 /// Becomes ready when a process exits, through a pidfd.
 pub struct ExitWatch {
-    pid: u32,
     fd: AsyncFd<OwnedFd>,
-    reap: bool,
 }
 
 impl ExitWatch {
-    /// Watches `pid`; `reap` when it is this process's child, to collect its status.
-    pub fn new(pid: u32, reap: bool) -> Result<Self, ProcessError> {
+    pub fn new(pid: u32) -> Result<Self, ProcessError> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
@@ -148,30 +145,13 @@ impl ExitWatch {
         // SAFETY: a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         let fd = crate::fd::poll(fd).map_err(|source| ProcessError::Watch { pid, source })?;
-        Ok(Self { pid, fd, reap })
+        Ok(Self { fd })
     }
 
-    /// Waits for the exit; says how it ended when the process was this one's child.
-    pub async fn exited(&self) -> Option<String> {
-        // A pidfd only ever becomes readable once, at exit.
+    /// Waits for the exit.
+    pub async fn exited(&self) {
+        // A pidfd only ever becomes readable once, at exit, and stays so.
         let _ready = self.fd.readable().await;
-        if !self.reap {
-            return None;
-        }
-        let mut status = 0;
-        // SAFETY: waits for our own child, which has exited, into a live local.
-        let reaped = unsafe { libc::waitpid(self.pid as libc::pid_t, &raw mut status, 0) };
-        (reaped == self.pid as libc::pid_t).then(|| describe(status))
-    }
-}
-
-fn describe(status: libc::c_int) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exited with status {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("was killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("ended with wait status {status:#x}")
     }
 }
 

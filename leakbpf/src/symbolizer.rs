@@ -82,6 +82,12 @@ impl SymbolizerHandle {
         Ok(Self { requests })
     }
 
+    /// Caches the memory map of process `pid` while it exists, for stacks symbolized
+    /// after it is gone.
+    pub async fn remember(&self, pid: NonZeroU32) -> Result<(), SymbolizerGone> {
+        self.symbolize(pid, Vec::new()).await.map(drop)
+    }
+
     /// Symbolizes `stacks` of process `pid`; each comes back with its id.
     pub async fn symbolize(
         &self,

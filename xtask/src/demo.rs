@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Builds the agent (release); returns its path.
-fn build_agent(root: &Path) -> Result<PathBuf> {
+pub fn build_agent(root: &Path) -> Result<PathBuf> {
     util::run(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",

@@ -1,5 +1,6 @@
 //! leakbpf's development tasks: `cargo xtask <task>` (see `cargo xtask --help`).
 
+mod bench;
 mod demo;
 mod ebpf;
 mod rustc_wrapper;
@@ -44,6 +45,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Benchmark leakbpf against no tool, its floor and peer tools (docs/benchmarks.md)
+    Bench(bench::BenchArgs),
     /// Everything CI checks: setup --ebpf, fmt, clippy, check-ebpf, tests
     Test,
 }
@@ -74,6 +77,7 @@ fn try_main() -> Result<ExitCode> {
         Task::Demo => return Ok(ExitCode::from(demo::demo(&root)?)),
         Task::Run { args } => return Ok(ExitCode::from(demo::run(&root, &args)?)),
         Task::Test => test::run(&root)?,
+        Task::Bench(args) => bench::run(&root, &args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

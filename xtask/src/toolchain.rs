@@ -109,7 +109,7 @@ fn ensure_rust_components() -> Result<()> {
     util::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
 }
 
-fn is_debian() -> bool {
+pub fn is_debian() -> bool {
     Path::new("/etc/debian_version").exists()
         && which("dpkg-query").is_some()
         && which("apt-get").is_some()
@@ -121,7 +121,7 @@ fn is_installed(package: &str) -> bool {
 }
 
 /// Installs the missing ones of `packages` with apt-get (through sudo when not root).
-fn ensure_packages(packages: &[&str]) -> Result<()> {
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

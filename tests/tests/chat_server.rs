@@ -1,0 +1,123 @@
+//! The demo's leak: every join leaks one EventCallback, allocated at
+//! EventManager::subscribe <- ChatRoom::addUser <- Server::handleJoin.
+
+use leakbpf_tests::{CHAT_SERVER, Report, Truth, require_root, trace_pid, trace_spawn};
+
+const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
+
+fn subscribe_truth(truth: &leakbpf_tests::TargetOutput) -> &Truth {
+    truth.truth("EventManager::subscribe")
+}
+
+/// The report shows the leak at its stack, with exactly the target's figures, on top.
+fn assert_leak_reported(report: &Report, truth: &Truth) {
+    let joins = truth.extra_u64("joins");
+    let size = truth.extra_u64("sizeof");
+    assert!(joins > 0, "the target did no joins: {truth:?}");
+    // The target's own account: the bug leaks one callback per join.
+    assert_eq!(
+        (truth.count, truth.bytes),
+        (joins, joins * size),
+        "{truth:?}"
+    );
+
+    let sites: Vec<_> = report
+        .sites_where(|site| {
+            site.function(0)
+                .is_some_and(|f| f.contains("EventManager::subscribe"))
+        })
+        .collect();
+    assert_eq!(
+        sites.len(),
+        1,
+        "expected one call site allocating in EventManager::subscribe:\n{}",
+        report.describe()
+    );
+    let site = sites[0];
+    let frame = |index| site.function(index).unwrap_or("<none>");
+    assert!(
+        frame(1).contains("ChatRoom::addUser"),
+        "frames[1] is {}",
+        frame(1)
+    );
+    assert!(
+        frame(2).contains("Server::handleJoin"),
+        "frames[2] is {}",
+        frame(2)
+    );
+    assert_eq!(
+        (site.allocations, site.bytes),
+        (truth.count, truth.bytes),
+        "allocations and bytes at EventManager::subscribe (sizeof(EventCallback) = {size}):\n{}",
+        report.describe()
+    );
+    assert_eq!(site.average_size, size, "{}", report.describe());
+    assert_eq!(
+        site.rank,
+        1,
+        "the leak is the top call site:\n{}",
+        report.describe()
+    );
+}
+
+#[test]
+fn buggy_chat_server_traced_by_pid() {
+    require_root();
+    let run = trace_pid(
+        LEAKBPF,
+        CHAT_SERVER,
+        &["--joins", "1000"],
+        &["--top", "1000"],
+    );
+    assert_leak_reported(run.final_report(), subscribe_truth(&run.truth));
+}
+
+#[test]
+fn buggy_chat_server_traced_from_spawn() {
+    require_root();
+    let run = trace_spawn(
+        LEAKBPF,
+        CHAT_SERVER,
+        &["--joins", "500"],
+        &["--top", "1000"],
+    );
+    assert_leak_reported(run.final_report(), subscribe_truth(&run.truth));
+}
+
+#[test]
+fn fixed_chat_server_leaks_nothing_at_subscribe() {
+    require_root();
+    let run = trace_pid(
+        LEAKBPF,
+        CHAT_SERVER,
+        &["--joins", "1000", "--fixed"],
+        &["--top", "1000"],
+    );
+    let report = run.final_report();
+    let truth = subscribe_truth(&run.truth);
+    let joins = truth.extra_u64("joins");
+    assert_eq!(
+        (truth.count, truth.bytes),
+        (0, 0),
+        "the fixed build leaks: {truth:?}"
+    );
+    // The run was traced: each join allocated (and freed) at least its callback.
+    assert!(
+        report.counters.allocations >= joins && report.counters.frees >= joins,
+        "leakbpf saw too few events for {joins} joins:\n{}",
+        report.describe()
+    );
+    let leaking: Vec<_> = report
+        .sites_where(|site| {
+            site.bytes > 0
+                && site
+                    .function(0)
+                    .is_some_and(|f| f.contains("EventManager::subscribe"))
+        })
+        .collect();
+    assert!(
+        leaking.is_empty(),
+        "the fixed build holds nothing allocated by EventManager::subscribe:\n{}",
+        report.describe()
+    );
+}

@@ -1,0 +1,140 @@
+//! How leakbpf stops: on SIGINT or SIGTERM, when the target exits, after --count reports;
+//! always with one final report, exit 0, and nothing of its own left in the kernel (the
+//! programs and links it held while attached, read from /proc/PID/fdinfo, are gone).
+
+use std::process::Command;
+
+use leakbpf_tests::{
+    Agent, CHAT_SERVER, EARLY, Finished, KernelObjects, Report, Target, TargetOutput, TempDir,
+    check_reports, parse_reports, require_root, sum,
+};
+
+const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
+
+/// Starts leakbpf on a `--wait` target and waits until it is attached; returns what it
+/// holds in the kernel.
+fn attach(target: &Target, options: &[&str]) -> (Agent, KernelObjects) {
+    let pid = target.pid().to_string();
+    let mut agent = Agent::spawn(
+        LEAKBPF,
+        ["--pid", pid.as_str(), "--format", "json"]
+            .iter()
+            .chain(options),
+    );
+    agent.wait_attached();
+    let objects = KernelObjects::of(agent.pid());
+    objects.assert_probes_loaded();
+    (agent, objects)
+}
+
+/// The final report of a leakbpf run that must have ended well.
+fn final_report(finished: &Finished, pid: u32) -> Report {
+    finished.assert_success();
+    check_reports(&finished.reports(), pid).clone()
+}
+
+/// The subscribe leak of a finished chat_server, exactly, in `report`.
+fn assert_chat_leak(report: &Report, truth: &TargetOutput) {
+    let truth = truth.truth("EventManager::subscribe");
+    assert!(truth.count > 0, "{truth:?}");
+    let outstanding = sum(report.sites_where(|site| {
+        site.function(0)
+            .is_some_and(|f| f.contains("EventManager::subscribe"))
+    }));
+    assert_eq!(
+        outstanding,
+        (truth.bytes, truth.count),
+        "the final report has the leak:\n{}",
+        report.describe()
+    );
+}
+
+/// Attaches to a chat_server, lets it finish its work, then sends `signal` to leakbpf
+/// while the target still runs.
+fn final_report_on_signal(signal: libc::c_int) {
+    let mut target = Target::start(CHAT_SERVER, &["--joins", "300"]);
+    let (agent, objects) = attach(&target, &["--interval", "200ms", "--top", "1000"]);
+    target.go();
+    let truth = target.read_until_done();
+    leakbpf_tests::signal(agent.pid(), signal);
+    let finished = agent.wait();
+    let report = final_report(&finished, target.pid());
+    assert_chat_leak(&report, &truth);
+    target.finish();
+    objects.assert_released();
+}
+
+#[test]
+fn sigint_gives_a_final_report_and_detaches() {
+    require_root();
+    final_report_on_signal(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_gives_a_final_report_and_detaches() {
+    require_root();
+    final_report_on_signal(libc::SIGTERM);
+}
+
+#[test]
+fn target_exit_gives_a_final_report_and_detaches() {
+    require_root();
+    let mut target = Target::start(CHAT_SERVER, &["--joins", "300"]);
+    let (agent, objects) = attach(&target, &["--interval", "200ms", "--top", "1000"]);
+    target.go();
+    let truth = target.read_until_done();
+    target.finish();
+    let finished = agent.wait();
+    let report = final_report(&finished, target.pid());
+    assert_chat_leak(&report, &truth);
+    objects.assert_released();
+}
+
+#[test]
+fn count_stops_after_that_many_reports() {
+    require_root();
+    let mut target = Target::start(CHAT_SERVER, &["--joins", "100"]);
+    let (agent, objects) = attach(&target, &["--interval", "200ms", "--count", "2"]);
+    target.go();
+    target.read_until_done();
+    // leakbpf stops by itself while the target still runs.
+    let finished = agent.wait();
+    finished.assert_success();
+    let reports = finished.reports();
+    check_reports(&reports, target.pid());
+    assert_eq!(reports.len(), 2, "--count 2 makes two reports");
+    target.finish();
+    objects.assert_released();
+}
+
+#[test]
+fn spawn_mode_gives_a_final_report_and_detaches_when_the_command_exits() {
+    require_root();
+    let dir = TempDir::new();
+    let output = dir.path().join("reports.ndjson");
+    let mut command = Command::new(LEAKBPF);
+    command
+        .args(["--format", "json", "--top", "1000", "--output"])
+        .arg(&output)
+        .args(["--", EARLY, "--wait"]);
+    // early inherits leakbpf's stdin and waits for its end before exiting.
+    let mut agent = Agent::spawn_command_with_stdin(&mut command);
+    agent.wait_attached();
+    let objects = KernelObjects::of(agent.pid());
+    objects.assert_probes_loaded();
+    let truth = agent.read_target_until_done("early");
+    agent.close_stdin();
+    let finished = agent.wait();
+    finished.assert_success();
+    let reports = parse_reports(&std::fs::read_to_string(&output).expect("read --output"));
+    let pid = reports.first().expect("a report").pid;
+    let report = check_reports(&reports, pid);
+    // What is leaked where is early.rs's business; here, that it was all seen.
+    let leaked: u64 = truth.truths.iter().map(|truth| truth.bytes).sum();
+    assert!(
+        report.totals.outstanding_bytes >= leaked,
+        "{}",
+        report.describe()
+    );
+    objects.assert_released();
+}

@@ -1,0 +1,225 @@
+//! The tools compared: how each is started on a workload and how the bench knows it is
+//! attached.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+
+use super::{
+    peers::{self, BPFTRACE, HEAPTRACK, MEMLEAK, VALGRIND},
+    procfs,
+};
+use crate::util::{try_output, which};
+
+/// One column of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    Baseline,
+    Leakbpf,
+    Floor,
+    Memleak,
+    Bpftrace,
+    Heaptrack,
+    Valgrind,
+}
+
+/// How a tool meets the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The workload alone.
+    Bare,
+    /// Started on the running workload's pid; attached once `marker` is in its output
+    /// and its perf-event file descriptors (its uprobes) stop changing.
+    Attach { marker: &'static str },
+    /// Starts the workload itself.
+    Launch,
+}
+
+impl Tool {
+    pub const ALL: [Tool; 7] = [
+        Tool::Baseline,
+        Tool::Leakbpf,
+        Tool::Floor,
+        Tool::Memleak,
+        Tool::Bpftrace,
+        Tool::Heaptrack,
+        Tool::Valgrind,
+    ];
+    /// What `--quick` compares.
+    pub const QUICK: [Tool; 3] = [Tool::Baseline, Tool::Leakbpf, Tool::Floor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Baseline => "baseline",
+            Tool::Leakbpf => "leakbpf",
+            Tool::Floor => "floor",
+            Tool::Memleak => "memleak",
+            Tool::Bpftrace => "bpftrace",
+            Tool::Heaptrack => "heaptrack",
+            Tool::Valgrind => "valgrind",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Tool> {
+        Tool::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn mode(self) -> Mode {
+        match self {
+            Tool::Baseline => Mode::Bare,
+            Tool::Leakbpf | Tool::Floor => Mode::Attach {
+                marker: "leakbpf: attached",
+            },
+            // Both print this before they attach: the perf-event count tells the rest.
+            Tool::Memleak => Mode::Attach {
+                marker: "Attaching to pid",
+            },
+            Tool::Bpftrace => Mode::Attach {
+                marker: "Attaching ",
+            },
+            Tool::Heaptrack | Tool::Valgrind => Mode::Launch,
+        }
+    }
+
+    /// The command line, for the report (PID and PROGRAM stand for the workload).
+    pub fn command_line(self) -> &'static str {
+        match self {
+            Tool::Baseline => "PROGRAM ARGS",
+            Tool::Leakbpf => "target/release/leakbpf --pid PID --interval 1s",
+            Tool::Floor => "target/release/leakbpf --floor --pid PID --interval 1s",
+            Tool::Memleak => "memleak-bpfcc -p PID 1",
+            Tool::Bpftrace => "bpftrace -p PID leaks.bt (xtask/bench/leaks.bt for PID's libc)",
+            Tool::Heaptrack => "heaptrack -o FILE PROGRAM ARGS",
+            Tool::Valgrind => {
+                "valgrind --tool=memcheck --leak-check=full --log-file=FILE PROGRAM ARGS"
+            }
+        }
+    }
+
+    /// The Debian package that ships it, for its version in the report.
+    fn package(self) -> Option<&'static str> {
+        match self {
+            Tool::Memleak => Some("bpfcc-tools"),
+            Tool::Bpftrace => Some("bpftrace"),
+            Tool::Heaptrack => Some("heaptrack"),
+            Tool::Valgrind => Some("valgrind"),
+            _ => None,
+        }
+    }
+}
+
+/// Everything needed to start the tools.
+pub struct Toolbox {
+    pub agent: PathBuf,
+    pub bpftrace_script: PathBuf,
+}
+
+impl Toolbox {
+    /// Why `tool` cannot run here, if it cannot.
+    pub fn unavailable(&self, tool: Tool) -> Option<String> {
+        let setup = "run `cargo xtask bench --setup-peers`";
+        let program = match tool {
+            Tool::Baseline | Tool::Leakbpf | Tool::Floor => return None,
+            Tool::Memleak => MEMLEAK,
+            Tool::Bpftrace => BPFTRACE,
+            Tool::Heaptrack => HEAPTRACK,
+            Tool::Valgrind => VALGRIND,
+        };
+        if which(program).is_none() {
+            return Some(format!("{program} is not installed: {setup}"));
+        }
+        if tool == Tool::Memleak {
+            let release = peers::kernel_release().unwrap_or_default();
+            let build = Path::new("/lib/modules").join(&release).join("build");
+            if !build.join("include").is_dir() {
+                return Some(format!(
+                    "BCC needs kernel headers at {} (none for kernel {release}): {setup}",
+                    build.display()
+                ));
+            }
+        }
+        None
+    }
+
+    /// The tool's version, when a package tells it.
+    pub fn version(&self, tool: Tool) -> Option<String> {
+        if matches!(tool, Tool::Leakbpf | Tool::Floor) {
+            return try_output(Command::new(&self.agent).arg("--version"));
+        }
+        let package = tool.package()?;
+        try_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("{package} {v}"))
+    }
+
+    /// The command attaching `tool` to `pid`; `dir` takes its scratch files.
+    pub fn attach(&self, tool: Tool, pid: u32, dir: &Path) -> Result<Command> {
+        let pid_arg = pid.to_string();
+        let cmd = match tool {
+            Tool::Leakbpf | Tool::Floor => {
+                let mut cmd = Command::new(&self.agent);
+                if tool == Tool::Floor {
+                    cmd.arg("--floor");
+                }
+                cmd.args(["--pid", &pid_arg, "--interval", "1s"]);
+                cmd
+            }
+            Tool::Memleak => {
+                let mut cmd = Command::new(MEMLEAK);
+                // Python buffers a redirected stdout: the marker would come late.
+                cmd.env("PYTHONUNBUFFERED", "1")
+                    .args(["-p", &pid_arg, "1"]);
+                cmd
+            }
+            Tool::Bpftrace => {
+                let script = self.bpftrace_script_for(pid, dir)?;
+                let mut cmd = Command::new(BPFTRACE);
+                cmd.args(["-p", &pid_arg]).arg(script);
+                cmd
+            }
+            _ => anyhow::bail!("{} does not attach to a pid", tool.name()),
+        };
+        Ok(cmd)
+    }
+
+    /// The command starting `program args` under `tool`; `dir` takes its output files.
+    pub fn launch(&self, tool: Tool, program: &Path, args: &[String], dir: &Path) -> Command {
+        let mut cmd = match tool {
+            Tool::Heaptrack => {
+                let mut cmd = Command::new(HEAPTRACK);
+                cmd.arg("-o").arg(dir.join("heaptrack"));
+                cmd
+            }
+            Tool::Valgrind => {
+                let mut log = std::ffi::OsString::from("--log-file=");
+                log.push(dir.join("valgrind.log"));
+                let mut cmd = Command::new(VALGRIND);
+                cmd.args(["--tool=memcheck", "--leak-check=full"]).arg(log);
+                cmd
+            }
+            _ => Command::new(program),
+        };
+        if matches!(tool, Tool::Heaptrack | Tool::Valgrind) {
+            cmd.arg(program);
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// `xtask/bench/leaks.bt` for this pid and its libc, written into `dir`.
+    fn bpftrace_script_for(&self, pid: u32, dir: &Path) -> Result<PathBuf> {
+        let template = fs::read_to_string(&self.bpftrace_script)
+            .with_context(|| format!("cannot read {}", self.bpftrace_script.display()))?;
+        let libc = procfs::mapped_libc(pid)?;
+        let script = template
+            .replace("LIBC", &libc)
+            .replace("PID", &pid.to_string());
+        let path = dir.join("leaks.bt");
+        fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}

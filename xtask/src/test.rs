@@ -2,8 +2,10 @@
 
 use std::{
     env,
+    io::{BufRead, BufReader},
     path::Path,
-    process::Command,
+    process::{Command, Stdio},
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -24,8 +26,29 @@ const STEPS: &[(&str, Step)] = &[
     ("test", test),
 ];
 
+/// Test counts summed over every test binary of the `test` step.
+static TALLY: Mutex<Tally> = Mutex::new(Tally {
+    passed: 0,
+    failed: 0,
+});
+
+#[derive(Clone, Copy)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
 pub fn run(root: &Path) -> Result<()> {
     let start = Instant::now();
+    let result = run_steps(root, start);
+    // The last line CI reads: one sum over all test binaries (cargo's own last line
+    // is that of whichever binary ran last, often one with no tests at all).
+    let tally = *TALLY.lock().unwrap_or_else(PoisonError::into_inner);
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    result
+}
+
+fn run_steps(root: &Path, start: Instant) -> Result<()> {
     for (done, (name, step)) in STEPS.iter().enumerate() {
         header(name);
         if let Err(e) = step(root) {
@@ -108,5 +131,63 @@ fn test(root: &Path) -> Result<()> {
         cmd.arg("--config")
             .arg(format!("target.'cfg(all())'.runner = {runner}"));
     }
-    util::run(&mut cmd)
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", util::describe(&cmd)))?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read cargo test's output")?;
+        println!("{line}");
+        if let Some((passed, failed)) = counts(&line) {
+            let mut tally = TALLY.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.passed += passed;
+            tally.failed += failed;
+        }
+    }
+    let status = child.wait().context("cannot wait for cargo test")?;
+    let tally = *TALLY.lock().unwrap_or_else(PoisonError::into_inner);
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if tally.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// Passed and failed counts from a `test result: ok. 3 passed; 0 failed; ...` line.
+fn counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let number = |word: &str| {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        })
+    };
+    Some((number(" passed")?, number(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts;
+
+    #[test]
+    fn reads_cargo_test_summaries() {
+        assert_eq!(
+            counts(
+                "test result: ok. 27 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.09s"
+            ),
+            Some((27, 0))
+        );
+        assert_eq!(
+            counts("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
+        assert_eq!(counts("running 3 tests"), None);
+    }
 }

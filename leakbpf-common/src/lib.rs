@@ -19,6 +19,8 @@ pub mod map_names {
     pub const PENDING: &str = "PENDING";
     /// Stacks taken in `operator new`, per thread: tid → [`NewMark`](crate::NewMark).
     pub const NEW_MARKS: &str = "NEW_MARKS";
+    /// The block each thread released last, when `operator delete` is probed: tid → address.
+    pub const LAST_RELEASED: &str = "LAST_RELEASED";
     /// Per-CPU scratch space for the stack being walked.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
     /// Ring buffer of [`NewStack`](crate::NewStack) notices.
@@ -31,6 +33,9 @@ pub mod global_names {
     pub const TARGET_TGID: &str = "TARGET_TGID";
     /// Non-zero when `operator new` is probed, so `malloc` looks for its stack (`u32`).
     pub const NEW_PROBED: &str = "NEW_PROBED";
+    /// Non-zero when an allocator's own `operator delete` is probed, which may call the
+    /// probed `free` for the block it just released (`u32`).
+    pub const DELETE_PROBED: &str = "DELETE_PROBED";
 }
 
 /// Deepest user stack the eBPF side walks, in frames.

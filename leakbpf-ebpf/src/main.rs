@@ -37,6 +37,9 @@ static TARGET_TGID: u32 = 0;
 /// Non-zero when `operator new` is probed; otherwise `malloc` skips looking for its mark.
 #[unsafe(no_mangle)]
 static NEW_PROBED: u32 = 0;
+/// Non-zero when an allocator's own `operator delete` is probed as a free.
+#[unsafe(no_mangle)]
+static DELETE_PROBED: u32 = 0;
 
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_ENTRIES, 0);
@@ -47,6 +50,11 @@ static SITE_TOTALS: PerCpuHashMap<SiteKey, SiteTotals> =
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_THREADS, 0);
+/// The block each thread released last, kept only when `operator delete` is probed: a
+/// delete that calls the probed `free` for the same block is one free, not a second one
+/// of an unknown block.
+#[map]
+static LAST_RELEASED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 #[map]
 static NEW_MARKS: LruHashMap<u32, NewMark> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
@@ -289,7 +297,24 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), ()> {
         return Ok(());
     }
     let task = traced_task().ok_or(())?;
-    if !release(task.tgid, addr) {
+    // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
+    if unsafe { core::ptr::read_volatile(&DELETE_PROBED) } == 0 {
+        if !release(task.tgid, addr) {
+            count(Counter::UnknownFrees);
+        }
+        return Ok(());
+    }
+    let last = LAST_RELEASED.get_ptr_mut(&task.tid);
+    if release(task.tgid, addr) {
+        match last {
+            // SAFETY: only this thread touches its own entry.
+            Some(last) => unsafe { *last = addr },
+            None => {
+                let _ = LAST_RELEASED.insert(&task.tid, &addr, 0);
+            }
+        }
+    // SAFETY: as above.
+    } else if !last.is_some_and(|last| unsafe { *last } == addr) {
         count(Counter::UnknownFrees);
     }
     Ok(())

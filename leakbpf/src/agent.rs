@@ -52,6 +52,8 @@ pub struct Settings {
     pub verbose: bool,
     /// Empty programs instead of the real ones: the benchmark's floor.
     pub floor: bool,
+    /// Also probe the C allocation functions under this prefix.
+    pub symbol_prefix: Option<String>,
 }
 
 pub fn run(settings: Settings) -> Result<()> {
@@ -77,7 +79,8 @@ pub fn run(settings: Settings) -> Result<()> {
             (child.pid, objects, Some(child))
         }
     };
-    let probes = probes::plan(&objects).with_context(|| format!("pid {pid}"))?;
+    let probes = probes::plan(&objects, settings.symbol_prefix.as_deref())
+        .with_context(|| format!("pid {pid}"))?;
     privileges::raise_memlock_limit();
 
     let (mut tracer, maps) = Tracer::load(settings.capacity, pid, &probes)?;

@@ -63,6 +63,10 @@ pub struct Cli {
     /// Distinct stacks (and call sites) the kernel maps hold.
     #[arg(long, default_value = "65536")]
     pub max_stacks: NonZeroU32,
+    /// Also probe the C allocation functions under this prefix, for an allocator built
+    /// with prefixed names (`je_` for `je_malloc`, `je_free`, …).
+    #[arg(long, value_name = "PREFIX")]
+    pub symbol_prefix: Option<String>,
     /// Show each probe attached (object, symbol, offset) and the eBPF side's diagnostics.
     #[arg(short, long)]
     pub verbose: bool,
@@ -111,6 +115,7 @@ impl Cli {
             },
             verbose: self.verbose,
             floor: self.floor,
+            symbol_prefix: self.symbol_prefix,
         }
     }
 }

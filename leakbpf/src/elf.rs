@@ -6,7 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{
+    Object, ObjectSegment, ObjectSymbol, SymbolKind,
+    elf::{DT_NEEDED, DT_SONAME},
+    read::elf::{ElfFile64, ProgramHeader},
+};
 
 /// Bytes of a function read for placement: a prologue is a handful of instructions.
 const PROLOGUE_BYTES: u64 = 64;
@@ -100,15 +104,16 @@ impl ElfObject {
         Ok(found)
     }
 
+    fn parse_elf64(&self) -> Result<ElfFile64<'_, object::Endianness>, ElfError> {
+        ElfFile64::parse(&*self.data).map_err(|source| ElfError::Parse {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// The program interpreter (`PT_INTERP`), absent in a static executable.
     pub fn interpreter(&self) -> Result<Option<PathBuf>, ElfError> {
-        use object::read::elf::{ElfFile64, ProgramHeader};
-        let file = ElfFile64::<object::Endianness>::parse(&*self.data).map_err(|source| {
-            ElfError::Parse {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+        let file = self.parse_elf64()?;
         let endian = file.endian();
         for header in file.elf_program_headers() {
             if let Ok(Some(interp)) = header.interpreter(endian, &*self.data) {
@@ -120,6 +125,37 @@ impl ElfObject {
         }
         Ok(None)
     }
+
+    /// Its own name (`DT_SONAME`) and the libraries it needs (`DT_NEEDED`), in order.
+    pub fn dependencies(&self) -> Result<Dependencies, ElfError> {
+        let file = self.parse_elf64()?;
+        let table = file.elf_dynamic_table().map_err(|source| ElfError::Parse {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut dependencies = Dependencies::default();
+        for entry in &table {
+            let name = || {
+                table
+                    .string(entry)
+                    .ok()
+                    .map(|name| String::from_utf8_lossy(name).into_owned())
+            };
+            match entry.tag {
+                DT_SONAME => dependencies.soname = name(),
+                DT_NEEDED => dependencies.needed.extend(name()),
+                _ => {}
+            }
+        }
+        Ok(dependencies)
+    }
+}
+
+/// The dynamic linking names of an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    pub soname: Option<String>,
+    pub needed: Vec<String>,
 }
 
 /// The file offset of the byte at virtual `address`, through the segment that maps it.
@@ -171,6 +207,19 @@ mod tests {
         let libc = ElfObject::open(&own_libc()).unwrap();
         let found = libc.functions(&["aligned_alloc", "memalign"]).unwrap();
         assert_eq!(found["aligned_alloc"].address, found["memalign"].address);
+    }
+
+    #[test]
+    fn libc_names_itself_and_the_loader() {
+        let libc = ElfObject::open(&own_libc())
+            .unwrap()
+            .dependencies()
+            .unwrap();
+        assert_eq!(libc.soname.as_deref(), Some("libc.so.6"));
+        assert!(
+            libc.needed.iter().any(|n| n.starts_with("ld-linux")),
+            "{libc:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use crate::elf::{ElfError, ElfObject};
+use crate::elf::{Dependencies, ElfError, ElfObject};
 
 /// An object file mapped (or about to be mapped) by the traced program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,13 +53,88 @@ pub fn of_process(pid: u32) -> Result<Vec<MappedObject>, ObjectsError> {
             paths.push(path.to_owned());
         }
     }
-    Ok(paths
+    let mapped = paths
         .into_iter()
         .map(|path| MappedObject {
             host_path: under_root(&root, &path),
             path,
         })
-        .collect())
+        .collect();
+    let mut preloads = std::fs::read(proc_dir.join("environ"))
+        .map(|environ| preloaded(&environ))
+        .unwrap_or_default();
+    if let Ok(system) = std::fs::read_to_string(root.join("etc/ld.so.preload")) {
+        preloads.extend(system.split_whitespace().map(str::to_owned));
+    }
+    Ok(binding_order(mapped, &preloads, |object| {
+        ElfObject::open(&object.host_path)
+            .and_then(|elf| elf.dependencies())
+            .unwrap_or_default()
+    }))
+}
+
+/// The libraries `LD_PRELOAD` names in a process environment (`/proc/PID/environ`).
+fn preloaded(environ: &[u8]) -> Vec<String> {
+    environ
+        .split(|&byte| byte == 0)
+        .find_map(|variable| variable.strip_prefix(b"LD_PRELOAD="))
+        .map(|value| {
+            String::from_utf8_lossy(value)
+                .split([' ', ':'])
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Orders `mapped` (executable first) as the dynamic linker searches objects for a
+/// symbol: the executable, the preloaded libraries, then the libraries they need,
+/// breadth first; objects reached no other way (`dlopen`ed) come last, in map order.
+fn binding_order(
+    mapped: Vec<MappedObject>,
+    preloads: &[String],
+    dependencies: impl Fn(&MappedObject) -> Dependencies,
+) -> Vec<MappedObject> {
+    let names: Vec<Dependencies> = mapped.iter().map(dependencies).collect();
+    let find = |name: &str| {
+        mapped.iter().zip(&names).position(|(object, deps)| {
+            if name.contains('/') {
+                object.path == Path::new(name)
+            } else {
+                deps.soname.as_deref() == Some(name)
+                    || object.path.file_name().is_some_and(|file| file == name)
+            }
+        })
+    };
+    let mut queue: Vec<usize> = Vec::with_capacity(mapped.len());
+    let enqueue = |queue: &mut Vec<usize>, index: Option<usize>| {
+        if let Some(index) = index
+            && !queue.contains(&index)
+        {
+            queue.push(index);
+        }
+    };
+    if !mapped.is_empty() {
+        enqueue(&mut queue, Some(0));
+    }
+    for preload in preloads {
+        enqueue(&mut queue, find(preload));
+    }
+    let mut next = 0;
+    while let Some(&index) = queue.get(next) {
+        for needed in &names[index].needed {
+            enqueue(&mut queue, find(needed));
+        }
+        next += 1;
+    }
+    for index in 0..mapped.len() {
+        enqueue(&mut queue, Some(index));
+    }
+    queue
+        .into_iter()
+        .map(|index| mapped[index].clone())
+        .collect()
 }
 
 /// The objects `exe` will map when started from here: itself, then what its program
@@ -159,6 +234,65 @@ mod tests {
             Some("/lib64/ld-linux-x86-64.so.2")
         );
         assert_eq!(listed_library("\tlinux-vdso.so.1 (0x00007ffd)"), None);
+    }
+
+    fn object(path: &str) -> MappedObject {
+        MappedObject {
+            path: path.into(),
+            host_path: path.into(),
+        }
+    }
+
+    #[test]
+    fn orders_objects_as_the_dynamic_linker_binds() {
+        // Map order (by address) is not binding order.
+        let mapped = vec![
+            object("/bin/app"),
+            object("/lib/libc.so.6"),
+            object("/lib/libstdc++.so.6.0.30"),
+            object("/lib/libjemalloc.so.2"),
+            object("/lib/libplugin.so"),
+            object("/lib/libpreload.so"),
+        ];
+        let deps = |o: &MappedObject| {
+            let (soname, needed): (Option<&str>, &[&str]) = match o.path.to_str().unwrap() {
+                "/bin/app" => (None, &["libstdc++.so.6", "libjemalloc.so.2"]),
+                "/lib/libstdc++.so.6.0.30" => (Some("libstdc++.so.6"), &["libc.so.6"]),
+                "/lib/libjemalloc.so.2" => (Some("libjemalloc.so.2"), &["libc.so.6"]),
+                "/lib/libc.so.6" => (Some("libc.so.6"), &[]),
+                _ => (None, &[]),
+            };
+            Dependencies {
+                soname: soname.map(str::to_owned),
+                needed: needed.iter().map(|n| n.to_string()).collect(),
+            }
+        };
+        let order: Vec<String> = binding_order(mapped, &["/lib/libpreload.so".into()], deps)
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "/bin/app",
+                "/lib/libpreload.so",
+                "/lib/libstdc++.so.6.0.30",
+                "/lib/libjemalloc.so.2",
+                "/lib/libc.so.6",
+                "/lib/libplugin.so",
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_ld_preload_from_an_environment() {
+        let environ =
+            b"HOME=/root\0LD_PRELOAD=/usr/lib/libjemalloc.so.2 libx.so:liby.so\0TERM=xterm\0";
+        assert_eq!(
+            preloaded(environ),
+            ["/usr/lib/libjemalloc.so.2", "libx.so", "liby.so"]
+        );
+        assert!(preloaded(b"HOME=/root\0").is_empty());
     }
 
     #[test]

@@ -15,12 +15,18 @@ use crate::{
 pub enum Probed {
     Alloc(AllocKind),
     Free,
-    /// `operator new` in one of its forms: takes the stack for the `malloc` it calls.
+    /// `operator new` in one of its forms. Where the object that provides it also
+    /// provides `malloc` (jemalloc, tcmalloc, mimalloc) it allocates by itself and is
+    /// probed as an allocation function; otherwise (libstdc++) it calls `malloc`, and its
+    /// probe only takes the stack for that nested call.
     New,
+    /// `operator delete` in one of its forms: probed as a free only where its object
+    /// also provides `free`; libstdc++'s calls `free`, which is probed anyway.
+    Delete,
 }
 
-/// The functions leakbpf probes, by symbol name.
-pub const FUNCTIONS: [(&str, Probed); 18] = [
+/// The C allocation interface: these also get `--symbol-prefix`ed twins.
+const C_FUNCTIONS: [(&str, Probed); 15] = [
     ("malloc", Probed::Alloc(AllocKind::Malloc)),
     ("calloc", Probed::Alloc(AllocKind::Calloc)),
     ("realloc", Probed::Alloc(AllocKind::Realloc)),
@@ -30,7 +36,17 @@ pub const FUNCTIONS: [(&str, Probed); 18] = [
     ("memalign", Probed::Alloc(AllocKind::AlignedAlloc)),
     ("valloc", Probed::Alloc(AllocKind::Malloc)),
     ("pvalloc", Probed::Alloc(AllocKind::Malloc)),
+    // jemalloc's own interface: the flags come after the arguments malloc and realloc have.
+    ("mallocx", Probed::Alloc(AllocKind::Malloc)),
+    ("rallocx", Probed::Alloc(AllocKind::Realloc)),
     ("free", Probed::Free),
+    ("cfree", Probed::Free),
+    ("sdallocx", Probed::Free),
+    ("dallocx", Probed::Free),
+];
+
+/// The C++ allocation operators, by mangled name.
+const CXX_FUNCTIONS: [(&str, Probed); 20] = [
     ("_Znwm", Probed::New),
     ("_Znam", Probed::New),
     ("_ZnwmRKSt9nothrow_t", Probed::New),
@@ -39,6 +55,18 @@ pub const FUNCTIONS: [(&str, Probed); 18] = [
     ("_ZnamSt11align_val_t", Probed::New),
     ("_ZnwmSt11align_val_tRKSt9nothrow_t", Probed::New),
     ("_ZnamSt11align_val_tRKSt9nothrow_t", Probed::New),
+    ("_ZdlPv", Probed::Delete),
+    ("_ZdaPv", Probed::Delete),
+    ("_ZdlPvm", Probed::Delete),
+    ("_ZdaPvm", Probed::Delete),
+    ("_ZdlPvSt11align_val_t", Probed::Delete),
+    ("_ZdaPvSt11align_val_t", Probed::Delete),
+    ("_ZdlPvmSt11align_val_t", Probed::Delete),
+    ("_ZdaPvmSt11align_val_t", Probed::Delete),
+    ("_ZdlPvRKSt9nothrow_t", Probed::Delete),
+    ("_ZdaPvRKSt9nothrow_t", Probed::Delete),
+    ("_ZdlPvSt11align_val_tRKSt9nothrow_t", Probed::Delete),
+    ("_ZdaPvSt11align_val_tRKSt9nothrow_t", Probed::Delete),
 ];
 
 /// One probe to attach: a function, in the object that provides it to the process.
@@ -46,13 +74,19 @@ pub const FUNCTIONS: [(&str, Probed); 18] = [
 pub struct Probe {
     /// The symbol names of the function; aliases share one probe (glibc's `memalign`
     /// and `aligned_alloc` are one function: two probes would count each call twice).
-    pub symbols: Vec<&'static str>,
+    pub symbols: Vec<String>,
     pub probed: Probed,
     pub object: MappedObject,
     /// The probe's position from the function's start (see [`placement`]).
     pub offset: u64,
     /// The probed instruction's offset in the object file.
     pub file_offset: u64,
+}
+
+impl Probe {
+    fn start(&self) -> u64 {
+        self.file_offset - self.offset
+    }
 }
 
 impl fmt::Display for Probe {
@@ -79,18 +113,36 @@ pub enum PlanError {
     Elf(#[from] ElfError),
 }
 
+/// The functions to look for: the C interface, its `prefix`ed twins, and C++'s.
+fn wanted(prefix: Option<&str>) -> Vec<(String, Probed)> {
+    let mut wanted: Vec<(String, Probed)> = C_FUNCTIONS
+        .iter()
+        .chain(&CXX_FUNCTIONS)
+        .map(|&(name, probed)| (name.to_owned(), probed))
+        .collect();
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        wanted.extend(
+            C_FUNCTIONS
+                .iter()
+                .map(|&(name, probed)| (format!("{prefix}{name}"), probed)),
+        );
+    }
+    wanted
+}
+
 /// The probes for a process whose objects are `objects`, in binding order: each function
 /// is probed in the first object that defines it, as the dynamic linker binds it.
-pub fn plan(objects: &[MappedObject]) -> Result<Vec<Probe>, PlanError> {
+pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>, PlanError> {
+    let wanted = wanted(prefix);
     let mut probes: Vec<Probe> = Vec::new();
     let mut bound: Vec<&str> = Vec::new();
     for object in objects {
-        let wanted: Vec<&str> = FUNCTIONS
+        let names: Vec<&str> = wanted
             .iter()
-            .map(|(name, _)| *name)
+            .map(|(name, _)| name.as_str())
             .filter(|name| !bound.contains(name))
             .collect();
-        if wanted.is_empty() {
+        if names.is_empty() {
             break;
         }
         let elf = match ElfObject::open(&object.host_path) {
@@ -99,44 +151,56 @@ pub fn plan(objects: &[MappedObject]) -> Result<Vec<Probe>, PlanError> {
             Err(ElfError::Read { .. }) => continue,
             Err(err) => return Err(err.into()),
         };
-        let found = match elf.functions(&wanted) {
+        let found = match elf.functions(&names) {
             Ok(found) => found,
             Err(ElfError::Parse { .. }) => continue,
             Err(err) => return Err(err.into()),
         };
-        for (name, probed) in FUNCTIONS {
+        for (name, probed) in &wanted {
             let Some(function) = found.get(name) else {
                 continue;
             };
             bound.push(name);
-            let same_function = probes.iter_mut().find(|probe| {
-                probe.object == *object && probe.file_offset - probe.offset == function.file_offset
-            });
+            let same_function = probes
+                .iter_mut()
+                .find(|probe| probe.object == *object && probe.start() == function.file_offset);
             if let Some(probe) = same_function {
-                probe.symbols.push(name);
+                probe.symbols.push(name.clone());
                 continue;
             }
-            let role = if probed == Probed::Free {
-                Role::Free
-            } else {
-                Role::Entry
+            let role = match probed {
+                Probed::Free | Probed::Delete => Role::Free,
+                Probed::Alloc(_) | Probed::New => Role::Entry,
             };
             let offset = placement::probe_offset(&function.prologue, role);
             probes.push(Probe {
-                symbols: vec![name],
-                probed,
+                symbols: vec![name.clone()],
+                probed: *probed,
                 object: object.clone(),
                 offset,
                 file_offset: function.file_offset + offset,
             });
         }
     }
-    let provides = |symbol| probes.iter().any(|p| p.symbols.contains(&symbol));
-    if !provides("malloc") || !provides("free") {
+    let provider = |symbol: &str| {
+        probes
+            .iter()
+            .find(|p| p.symbols.iter().any(|s| s == symbol))
+            .map(|p| p.object.clone())
+    };
+    let (Some(malloc), Some(free)) = (provider("malloc"), provider("free")) else {
         return Err(PlanError::NoAllocator {
             searched: objects.len(),
         });
-    }
+    };
+    probes.retain_mut(|probe| match probe.probed {
+        Probed::New if probe.object == malloc => {
+            probe.probed = Probed::Alloc(AllocKind::Malloc);
+            true
+        }
+        Probed::Delete => probe.object == free,
+        _ => true,
+    });
     Ok(probes)
 }
 
@@ -145,24 +209,80 @@ mod tests {
     use super::*;
     use crate::objects;
 
+    fn with_symbol<'a>(probes: &'a [Probe], symbol: &str) -> Option<&'a Probe> {
+        probes
+            .iter()
+            .find(|p| p.symbols.iter().any(|s| s == symbol))
+    }
+
     #[test]
     fn plans_libc_functions_once_each_with_aliases_merged() {
-        let probes = plan(&objects::of_process(std::process::id()).unwrap()).unwrap();
-        let malloc = probes
-            .iter()
-            .find(|p| p.symbols.contains(&"malloc"))
-            .unwrap();
+        let probes = plan(&objects::of_process(std::process::id()).unwrap(), None).unwrap();
+        let malloc = with_symbol(&probes, "malloc").unwrap();
         assert!(malloc.object.path.to_string_lossy().contains("libc.so"));
         let aligned = probes
             .iter()
-            .filter(|p| p.symbols.contains(&"aligned_alloc") || p.symbols.contains(&"memalign"))
+            .filter(|p| {
+                p.symbols
+                    .iter()
+                    .any(|s| s == "aligned_alloc" || s == "memalign")
+            })
             .count();
         assert_eq!(
             aligned, 1,
             "glibc's aligned_alloc and memalign are one function"
         );
-        let free = probes.iter().find(|p| p.probed == Probed::Free).unwrap();
+        let free = with_symbol(&probes, "free").unwrap();
         assert!(free.offset > 0, "free's probe moves past its NULL test");
+    }
+
+    #[test]
+    fn libstdcxx_new_marks_stacks_and_its_delete_is_left_to_free() {
+        let libstdcxx = MappedObject {
+            path: "/usr/lib/x86_64-linux-gnu/libstdc++.so.6".into(),
+            host_path: "/usr/lib/x86_64-linux-gnu/libstdc++.so.6".into(),
+        };
+        let mut objects = vec![libstdcxx];
+        objects.extend(objects::of_process(std::process::id()).unwrap());
+        let probes = plan(&objects, None).unwrap();
+        assert_eq!(with_symbol(&probes, "_Znwm").unwrap().probed, Probed::New);
+        assert!(with_symbol(&probes, "_ZdlPv").is_none());
+    }
+
+    #[test]
+    fn an_allocator_s_own_operators_are_allocation_and_free_functions() {
+        let jemalloc = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2");
+        let jemalloc = MappedObject {
+            path: jemalloc.into(),
+            host_path: jemalloc.into(),
+        };
+        let probes =
+            plan(&[jemalloc], None).expect("libjemalloc2 is installed (cargo xtask setup)");
+        assert_eq!(
+            with_symbol(&probes, "_Znwm").unwrap().probed,
+            Probed::Alloc(AllocKind::Malloc)
+        );
+        assert_eq!(
+            with_symbol(&probes, "_ZdlPv").unwrap().probed,
+            Probed::Delete
+        );
+        assert_eq!(
+            with_symbol(&probes, "rallocx").unwrap().probed,
+            Probed::Alloc(AllocKind::Realloc)
+        );
+        assert_eq!(
+            with_symbol(&probes, "sdallocx").unwrap().probed,
+            Probed::Free
+        );
+    }
+
+    #[test]
+    fn a_prefix_adds_twins_of_the_c_functions_only() {
+        let names: Vec<String> = wanted(Some("je_")).into_iter().map(|(n, _)| n).collect();
+        assert!(names.iter().any(|n| n == "je_malloc"));
+        assert!(names.iter().any(|n| n == "je_free"));
+        assert!(names.iter().any(|n| n == "malloc"));
+        assert!(!names.iter().any(|n| n == "je__Znwm"));
     }
 
     #[test]
@@ -171,7 +291,7 @@ mod tests {
             path: "/etc/hostname".into(),
             host_path: "/etc/hostname".into(),
         };
-        let err = plan(&[not_elf]).unwrap_err();
+        let err = plan(&[not_elf], None).unwrap_err();
         assert!(
             matches!(err, PlanError::NoAllocator { searched: 1 }),
             "{err}"

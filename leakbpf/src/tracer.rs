@@ -77,10 +77,12 @@ impl Tracer {
         pid: NonZeroU32,
         probes: &[Probe],
     ) -> Result<(Self, KernelMaps), TracerError> {
-        let new_probed = u32::from(probes.iter().any(|p| p.probed == Probed::New));
+        let probed = |kind| u32::from(probes.iter().any(|p| p.probed == kind));
+        let (new_probed, delete_probed) = (probed(Probed::New), probed(Probed::Delete));
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::TARGET_TGID, &pid.get(), true)
             .override_global(global_names::NEW_PROBED, &new_probed, true)
+            .override_global(global_names::DELETE_PROBED, &delete_probed, true)
             .map_max_entries(map_names::ALLOCS, capacity.allocations)
             .map_max_entries(map_names::STACKS, capacity.stacks)
             .map_max_entries(map_names::SITE_TOTALS, capacity.stacks)
@@ -119,7 +121,7 @@ impl Tracer {
         for probe in probes {
             let (entry, cookie) = match probe.probed {
                 Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
-                Probed::Free => (FREE_ENTER, None),
+                Probed::Free | Probed::Delete => (FREE_ENTER, None),
                 Probed::New => (NEW_ENTER, None),
             };
             let mut programs = vec![(entry, cookie)];

@@ -1,6 +1,7 @@
 //! Writes reports: a table for people, or JSON lines for log pipelines.
 
 use std::{
+    borrow::Cow,
     fmt::Write as _,
     fs::OpenOptions,
     io::{self, Write},
@@ -64,6 +65,16 @@ impl Output {
         self.sink.write_all(text.as_bytes())?;
         self.sink.flush()?;
         Ok(())
+    }
+}
+
+/// `text` safe for a terminal: a name from the target may hold control characters
+/// (escape sequences), which are shown escaped instead of sent.
+fn printable(text: &str) -> Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        Cow::Owned(text.escape_debug().to_string())
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -133,12 +144,14 @@ pub fn table(report: &Report) -> String {
             );
         }
         for frame in site.frames.iter().take(TABLE_FRAMES) {
-            let name = frame.function.as_deref().unwrap_or("[unknown]");
+            let name = printable(frame.function.as_deref().unwrap_or("[unknown]"));
             let marker = if frame.inlined { " [inlined]" } else { "" };
             let place = match (&frame.file, frame.line, &frame.module, frame.offset) {
-                (Some(file), Some(line), _, _) => format!("{file}:{line}"),
-                (Some(file), None, _, _) => file.clone(),
-                (None, _, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+                (Some(file), Some(line), _, _) => format!("{}:{line}", printable(file)),
+                (Some(file), None, _, _) => printable(file).into_owned(),
+                (None, _, Some(module), Some(offset)) => {
+                    format!("{}+{offset:#x}", printable(module))
+                }
                 _ => format!("{:#x}", frame.address),
             };
             let _ = writeln!(out, "          {name}{marker}  {place}");
@@ -153,4 +166,15 @@ pub fn table(report: &Report) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_the_target_are_escaped() {
+        assert_eq!(printable("Server::handleJoin"), "Server::handleJoin");
+        assert_eq!(printable("evil\u{1b}[2Jname\n"), "evil\\u{1b}[2Jname\\n");
+    }
 }

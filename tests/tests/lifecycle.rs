@@ -138,3 +138,20 @@ fn spawn_mode_gives_a_final_report_and_detaches_when_the_command_exits() {
     );
     objects.assert_released();
 }
+
+#[test]
+fn sigkill_of_the_agent_leaves_nothing_attached() {
+    require_root();
+    // No report can survive SIGKILL, but the kernel drops the programs and links with
+    // the killed process's descriptors: the target runs on untraced.
+    let mut target = Target::start(CHAT_SERVER, &["--joins", "50"]);
+    let (agent, objects) = attach(&target, &["--interval", "200ms"]);
+    leakbpf_tests::signal(agent.pid(), libc::SIGKILL);
+    let finished = agent.wait();
+    finished.assert_no_panic();
+    objects.assert_released();
+    target.go();
+    let truth = target.read_until_done();
+    assert!(truth.truth("EventManager::subscribe").count > 0);
+    target.finish();
+}

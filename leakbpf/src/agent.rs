@@ -251,6 +251,9 @@ impl Monitor {
                     let mut guard = ready?;
                     self.symbolize_new(guard.get_inner_mut()).await?;
                     guard.clear_ready();
+                    // A notice written after the drain but before the readiness was
+                    // cleared raised no new wake-up: read once more.
+                    self.symbolize_new(guard.get_inner_mut()).await?;
                 }
                 ready = readable(&mut logger) => {
                     let mut guard = ready?;

@@ -1,16 +1,19 @@
 //! Reads what the eBPF programs keep: counters, per call site totals, outstanding
 //! allocations and stacks.
 
-use std::collections::HashMap as StdHashMap;
+use std::{collections::HashMap as StdHashMap, os::fd::AsFd};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leakbpf_common::{AllocInfo, AllocKey, Counter, SiteKey, SiteTotals, StackTrace, map_names};
 use serde::Serialize;
 
-use crate::tracer::TracerError;
+use crate::{batch, tracer::TracerError};
+
+/// Outstanding allocations read per system call: 8192 × 48 bytes of buffer.
+const ALLOCS_PER_READ: usize = 8192;
 
 /// The eBPF side's event counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,7 +39,8 @@ pub struct SiteState {
 }
 
 pub struct KernelMaps {
-    allocs: HashMap<MapData, AllocKey, AllocInfo>,
+    /// Read in batches (see [`batch`]), so kept untyped.
+    allocs: MapData,
     sites: PerCpuHashMap<MapData, SiteKey, SiteTotals>,
     stacks: HashMap<MapData, u64, StackTrace>,
     counters: PerCpuArray<MapData, u64>,
@@ -58,7 +62,10 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 impl KernelMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
         Ok(Self {
-            allocs: take(ebpf, map_names::ALLOCS)?,
+            allocs: match ebpf.take_map(map_names::ALLOCS) {
+                Some(Map::HashMap(data)) => data,
+                _ => return Err(TracerError::Missing(map_names::ALLOCS)),
+            },
             sites: take(ebpf, map_names::SITE_TOTALS)?,
             stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
@@ -124,39 +131,41 @@ impl KernelMaps {
                 }
             }
         }
-        for entry in self.allocs.iter() {
-            let (key, info) = match entry {
-                Ok(entry) => entry,
-                // Freed between listing its key and reading it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(map_error(map_names::ALLOCS)(source)),
-            };
-            if key.tgid != pid {
-                continue;
-            }
-            let site = match allocated_before_ns {
-                Some(cutoff) if info.timestamp_ns > cutoff => continue,
-                Some(_) => {
-                    let site = sites.entry(info.site.stack_id).or_insert(SiteState {
-                        stack_id: info.site.stack_id,
-                        bytes: 0,
-                        allocations: 0,
-                        oldest_ns: None,
-                    });
-                    site.bytes += info.size;
-                    site.allocations += 1;
-                    site
+        let scan = batch::for_each::<AllocKey, AllocInfo>(
+            self.allocs.fd().as_fd(),
+            ALLOCS_PER_READ,
+            |key, info| {
+                if key.tgid != pid {
+                    return;
                 }
-                None => match sites.get_mut(&info.site.stack_id) {
-                    Some(site) => site,
-                    None => continue,
-                },
-            };
-            site.oldest_ns = Some(
-                site.oldest_ns
-                    .map_or(info.timestamp_ns, |t| t.min(info.timestamp_ns)),
-            );
-        }
+                let site = match allocated_before_ns {
+                    Some(cutoff) if info.timestamp_ns > cutoff => return,
+                    Some(_) => {
+                        let site = sites.entry(info.site.stack_id).or_insert(SiteState {
+                            stack_id: info.site.stack_id,
+                            bytes: 0,
+                            allocations: 0,
+                            oldest_ns: None,
+                        });
+                        site.bytes += info.size;
+                        site.allocations += 1;
+                        site
+                    }
+                    None => match sites.get_mut(&info.site.stack_id) {
+                        Some(site) => site,
+                        None => return,
+                    },
+                };
+                site.oldest_ns = Some(
+                    site.oldest_ns
+                        .map_or(info.timestamp_ns, |t| t.min(info.timestamp_ns)),
+                );
+            },
+        );
+        scan.map_err(|source| TracerError::Read {
+            name: map_names::ALLOCS,
+            source,
+        })?;
         Ok(sites.into_values().collect())
     }
 

@@ -5,6 +5,7 @@
 //! maps every interval, symbolizes stacks with blazesym and reports the top call sites.
 
 mod agent;
+mod batch;
 mod child;
 pub mod cli;
 mod elf;

@@ -151,16 +151,33 @@ impl Worker {
     fn symbols(&self, pid: NonZeroU32, calls: &[u64]) -> Vec<Option<Symbol>> {
         // Through /proc/PID/map_files first: it reaches files inside another mount
         // namespace, and deleted ones. Once the process exited only the paths it had
-        // mapped remain, from the cached memory map.
-        let through = |map_files: bool| {
-            let mut process = Process::new(Pid::from(pid.get()));
-            process.map_files = map_files;
-            process.perf_map = false;
-            self.symbolizer
-                .symbolize(&Source::Process(process), Input::AbsAddr(calls))
-        };
-        let symbolized = through(true).or_else(|_| through(false));
-        match symbolized {
+        // mapped remain, from the cached memory map: what map_files could not name is
+        // tried through them.
+        let mut symbols = self.symbols_through(pid, calls, true);
+        let unnamed: Vec<usize> = (0..calls.len()).filter(|&i| symbols[i].is_none()).collect();
+        if !unnamed.is_empty() {
+            let retry: Vec<u64> = unnamed.iter().map(|&i| calls[i]).collect();
+            let again = self.symbols_through(pid, &retry, false);
+            for (index, symbol) in unnamed.into_iter().zip(again) {
+                symbols[index] = symbol;
+            }
+        }
+        symbols
+    }
+
+    fn symbols_through(
+        &self,
+        pid: NonZeroU32,
+        calls: &[u64],
+        map_files: bool,
+    ) -> Vec<Option<Symbol>> {
+        let mut process = Process::new(Pid::from(pid.get()));
+        process.map_files = map_files;
+        process.perf_map = false;
+        match self
+            .symbolizer
+            .symbolize(&Source::Process(process), Input::AbsAddr(calls))
+        {
             Ok(symbolized) => symbolized.into_iter().map(Symbol::of).collect(),
             Err(err) => {
                 log::debug!("cannot symbolize stacks of pid {pid}: {err}");

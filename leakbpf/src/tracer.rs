@@ -58,6 +58,11 @@ pub enum TracerError {
         name: &'static str,
         source: MapError,
     },
+    #[error("cannot read eBPF map {name}")]
+    Read {
+        name: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A probe attached, for `--verbose`.

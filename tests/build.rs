@@ -6,6 +6,21 @@ use std::{env, path::PathBuf, process::Command};
 
 /// The programs the Makefile builds.
 const TARGETS: [&str; 5] = ["chat_server", "leaker", "threads", "early", "rust_leaker"];
+/// The targets built on alloc_target.h: jemalloc, tcmalloc and mimalloc from Debian's
+/// packages, a prefixed allocator of our own, static glibc, and lying frame pointers.
+const ALLOC_TARGETS: [&str; 6] = [
+    "jemalloc_linked",
+    "tcmalloc_new",
+    "mimalloc_linked",
+    "prefixed",
+    "static_glibc",
+    "hostile_stack",
+];
+/// rust_leaker built for musl, statically: only when rustc has that target's standard
+/// library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL` is empty, and the test that
+/// needs it fails saying what to install.
+const MUSL_TARGET: &str = "rust_leaker_musl";
+const MUSL_TRIPLE: &str = "x86_64-unknown-linux-musl";
 
 fn main() {
     let manifest_dir =
@@ -16,22 +31,38 @@ fn main() {
     let rust_leaker = manifest_dir.join("src/bin/rust_leaker.rs");
     println!("cargo:rerun-if-changed={}", rust_leaker.display());
 
+    let musl = has_musl_std();
+    let targets: Vec<&str> = TARGETS
+        .iter()
+        .chain(&ALLOC_TARGETS)
+        .chain(musl.then_some(&MUSL_TARGET))
+        .copied()
+        .collect();
+
     let output = Command::new("make")
         .arg("-C")
         .arg(&sources)
         .arg(format!("OUT={}", out.display()))
-        .args(TARGETS)
+        .args(&targets)
         .output()
         .unwrap_or_else(|err| panic!("cannot run make (install make, gcc and g++): {err}"));
     if !output.status.success() {
         panic!(
-            "building the test targets failed ({}):\n{}\n{}",
+            "building the test targets failed ({}; the allocator targets need Debian's \
+             libjemalloc-dev, libtcmalloc-minimal4 and libmimalloc-dev, which \
+             `cargo xtask setup` installs):\n{}\n{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for name in TARGETS {
+    if !musl {
+        println!(
+            "cargo:rustc-env=LEAKBPF_TARGET_{}=",
+            MUSL_TARGET.to_uppercase()
+        );
+    }
+    for name in targets {
         let path = out.join(name);
         assert!(path.is_file(), "make did not produce {}", path.display());
         println!(
@@ -40,4 +71,34 @@ fn main() {
             path.display()
         );
     }
+}
+
+/// Whether the rustc cargo builds with has the musl target's standard library. Reruns
+/// when rustup adds or removes a target (its `components` list changes).
+fn has_musl_std() -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let print = |what: &[&str]| {
+        Command::new(&rustc)
+            .args(what)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    };
+    if let Some(sysroot) = print(&["--print", "sysroot"]) {
+        let components = sysroot.join("lib/rustlib/components");
+        if components.is_file() {
+            println!("cargo:rerun-if-changed={}", components.display());
+        }
+    }
+    let Some(libdir) = print(&["--print", "target-libdir", "--target", MUSL_TRIPLE]) else {
+        return false;
+    };
+    std::fs::read_dir(libdir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libstd-") && name.ends_with(".rlib")
+        })
+    })
 }

@@ -37,6 +37,17 @@ pub const THREADS: &str = env!("LEAKBPF_TARGET_THREADS");
 pub const EARLY: &str = env!("LEAKBPF_TARGET_EARLY");
 /// src/bin/rust_leaker.rs, built with frame pointers.
 pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
+/// The allocator targets (tests/targets/alloc_target.h): linked with jemalloc, tcmalloc
+/// (C++), mimalloc; leaking through a `je_`-prefixed allocator library; fully static.
+pub const JEMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_JEMALLOC_LINKED");
+pub const TCMALLOC_NEW: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW");
+pub const MIMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_MIMALLOC_LINKED");
+pub const PREFIXED: &str = env!("LEAKBPF_TARGET_PREFIXED");
+pub const STATIC_GLIBC: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC");
+pub const HOSTILE_STACK: &str = env!("LEAKBPF_TARGET_HOSTILE_STACK");
+/// src/bin/rust_leaker.rs built for x86_64-unknown-linux-musl, statically; empty when
+/// rustc has no standard library for that target (see build.rs).
+pub const RUST_LEAKER_MUSL: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL");
 
 /// How long leakbpf may take to attach (load, find the allocator, place the probes).
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -186,11 +197,19 @@ impl Report {
             self.counters
         );
         for site in self.callsites.iter().take(25) {
-            let frames: Vec<&str> = site
+            let frames: Vec<String> = site
                 .frames
                 .iter()
                 .take(5)
-                .map(|frame| frame.name().unwrap_or("?"))
+                .map(|frame| match frame.name() {
+                    Some(name) => name.to_owned(),
+                    None => format!(
+                        "?{}({}+{})",
+                        frame.address,
+                        frame.module.as_deref().unwrap_or("?"),
+                        frame.offset.as_deref().unwrap_or("?")
+                    ),
+                })
                 .collect();
             let _ = writeln!(
                 text,
@@ -415,6 +434,11 @@ pub struct Target {
 impl Target {
     /// Starts `program --wait args...` and waits for its `ready`.
     pub fn start(program: impl AsRef<Path>, args: &[&str]) -> Self {
+        Self::start_with_env(program, args, &[])
+    }
+
+    /// [`Target::start`] with variables added to its environment (e.g. `LD_PRELOAD`).
+    pub fn start_with_env(program: impl AsRef<Path>, args: &[&str], env: &[(&str, &str)]) -> Self {
         let program = program.as_ref();
         let name = program.file_name().map_or_else(
             || program.display().to_string(),
@@ -423,6 +447,7 @@ impl Target {
         let mut child = Command::new(program)
             .arg("--wait")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -689,7 +714,18 @@ impl PidRun {
 /// lets the target work, reads its truth, lets it exit, and waits for leakbpf's final
 /// report and exit (which must be 0).
 pub fn trace_pid(leakbpf: &str, target: &str, args: &[&str], leakbpf_args: &[&str]) -> PidRun {
-    let mut target = Target::start(target, args);
+    trace_pid_with_env(leakbpf, target, args, leakbpf_args, &[])
+}
+
+/// [`trace_pid`] with variables added to the target's environment (not leakbpf's).
+pub fn trace_pid_with_env(
+    leakbpf: &str,
+    target: &str,
+    args: &[&str],
+    leakbpf_args: &[&str],
+    env: &[(&str, &str)],
+) -> PidRun {
+    let mut target = Target::start_with_env(target, args, env);
     let pid = target.pid();
     let pid_arg = pid.to_string();
     let mut agent = Agent::spawn(
@@ -730,10 +766,23 @@ impl SpawnRun {
 /// Runs `leakbpf --format json --output FILE leakbpf_args -- target args`: the target
 /// prints its truth on leakbpf's stdout, the reports go to FILE.
 pub fn trace_spawn(leakbpf: &str, target: &str, args: &[&str], leakbpf_args: &[&str]) -> SpawnRun {
+    trace_spawn_with_env(leakbpf, target, args, leakbpf_args, &[])
+}
+
+/// [`trace_spawn`] with variables added to leakbpf's environment, which the command it
+/// starts inherits (e.g. `LD_PRELOAD`, which then applies to leakbpf too).
+pub fn trace_spawn_with_env(
+    leakbpf: &str,
+    target: &str,
+    args: &[&str],
+    leakbpf_args: &[&str],
+    env: &[(&str, &str)],
+) -> SpawnRun {
     let dir = TempDir::new();
     let output = dir.path().join("reports.ndjson");
     let mut command = Command::new(leakbpf);
     command
+        .envs(env.iter().copied())
         .args(["--format", "json", "--output"])
         .arg(&output)
         .args(leakbpf_args)
@@ -758,6 +807,132 @@ pub fn trace_spawn(leakbpf: &str, target: &str, args: &[&str], leakbpf_args: &[&
         finished,
         reports,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The allocator tests' checks.
+
+/// How an allocator test traced its target, which decides what else its report may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traced {
+    /// Attached to a `--wait` target stopped at `ready`: its start-up is over, so the
+    /// report holds nothing but the leaks.
+    ByPid,
+    /// From the first instruction: the report also holds what the program's start-up
+    /// keeps (stdio buffers, libstdc++'s emergency pool, an allocator's own state).
+    FromSpawn,
+}
+
+/// At most this many allocations outstanding beyond the leaks in a [`Traced::FromSpawn`]
+/// run: a start-up keeps a few; an allocation counted twice in the churn leaves one for
+/// each block churned.
+pub const START_UP_ALLOCATIONS: u64 = 64;
+
+/// What every allocator test checks of its final report, against what the target said:
+/// - it printed a truth for exactly `functions`, each a leak (count > 0);
+/// - each function holds exactly its truth's bytes and allocations at `frames[0]`, and
+///   together they hold exactly the truths' sum;
+/// - nothing is counted twice: traced by pid, the whole report holds exactly the truths'
+///   sum; from spawn, the call sites beyond the leaking functions hold at most
+///   [`START_UP_ALLOCATIONS`];
+/// - nothing `churn` allocated is outstanding, at `frames[0]` or deeper;
+/// - leakbpf counted at least the frees the churn made, and dropped nothing.
+pub fn assert_allocator_run(
+    report: &Report,
+    output: &TargetOutput,
+    functions: &[&str],
+    traced: Traced,
+) {
+    let mut printed: Vec<&str> = output.truths.iter().map(|t| t.function.as_str()).collect();
+    let mut expected = functions.to_vec();
+    printed.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(
+        printed, expected,
+        "the target's truths are about other functions"
+    );
+
+    let (mut truth_bytes, mut truth_count) = (0, 0);
+    for function in functions {
+        let truth = output.truth(function);
+        assert!(truth.count > 0, "the target leaked nothing from {function}");
+        assert_eq!(
+            report.outstanding_at(function),
+            (truth.bytes, truth.count),
+            "(bytes, allocations) outstanding at {function}:\n{}",
+            report.describe()
+        );
+        truth_bytes += truth.bytes;
+        truth_count += truth.count;
+    }
+    let at_leaks = |site: &Callsite| site.function(0).is_some_and(|f| functions.contains(&f));
+    assert_eq!(
+        sum(report.sites_where(at_leaks)),
+        (truth_bytes, truth_count),
+        "(bytes, allocations) outstanding at all the leaking functions together:\n{}",
+        report.describe()
+    );
+    match traced {
+        Traced::ByPid => assert_eq!(
+            (
+                report.totals.outstanding_bytes,
+                report.totals.outstanding_allocations
+            ),
+            (truth_bytes, truth_count),
+            "attached after start-up, the report holds exactly the leaks:\n{}",
+            report.describe()
+        ),
+        Traced::FromSpawn => {
+            let (_, beyond) = sum(report.sites_where(|site| !at_leaks(site)));
+            assert!(
+                beyond <= START_UP_ALLOCATIONS,
+                "{beyond} allocations outstanding beyond the leaks, more than a start-up \
+                 keeps (counted twice?):\n{}",
+                report.describe()
+            );
+        }
+    }
+
+    assert_eq!(
+        report.outstanding_at("churn"),
+        (0, 0),
+        "churn frees everything it allocates:\n{}",
+        report.describe()
+    );
+    assert_eq!(
+        sum(report.sites_where(|site| {
+            site.frames
+                .iter()
+                .any(|frame| frame.name() == Some("churn"))
+        })),
+        (0, 0),
+        "nothing churn allocated is outstanding, at any depth:\n{}",
+        report.describe()
+    );
+
+    let frees = output.object("churn")["frees"]
+        .as_u64()
+        .expect("churn.frees");
+    assert!(
+        frees >= 500_000,
+        "the target churned too little: {frees} frees"
+    );
+    assert!(
+        report.counters.frees >= frees,
+        "leakbpf counted {} frees, the churn alone made {frees}:\n{}",
+        report.counters.frees,
+        report.describe()
+    );
+    let counters = report.counters;
+    assert_eq!(
+        (
+            counters.dropped_allocations,
+            counters.dropped_sites,
+            counters.dropped_calls
+        ),
+        (0, 0, 0),
+        "leakbpf dropped events: {counters:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

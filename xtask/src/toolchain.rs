@@ -20,8 +20,17 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{self, as_root, try_output, which};
 
-/// What the tests and the demo need (Debian package names).
-const BASE_PACKAGES: &[&str] = &["g++", "make", "bpftool", "util-linux"];
+/// What the tests and the demo need (Debian package names): the compilers, bpftool, and
+/// the allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc).
+const BASE_PACKAGES: &[&str] = &[
+    "g++",
+    "make",
+    "bpftool",
+    "util-linux",
+    "libjemalloc-dev",
+    "libtcmalloc-minimal4",
+    "libmimalloc-dev",
+];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
 const BASE_COMMANDS: &[&str] = &["g++", "make", "bpftool"];
 /// The Debian route's compiler, standard library sources and LLVM for `bpf-linker`.
@@ -98,15 +107,25 @@ pub fn ensure_base_packages() -> Result<()> {
 }
 
 /// `cargo fmt` and `cargo clippy` for `cargo xtask test`, from rustup when missing.
+/// The target the tests build a statically linked musl Rust program for.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
 fn ensure_rust_components() -> Result<()> {
     let works = |sub: &str| try_output(Command::new("cargo").args([sub, "--version"])).is_some();
-    if works("fmt") && works("clippy") {
-        return Ok(());
+    if !(works("fmt") && works("clippy")) {
+        if which("rustup").is_none() {
+            bail!("`cargo fmt` or `cargo clippy` is missing, and there is no rustup to add them");
+        }
+        util::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     }
-    if which("rustup").is_none() {
-        bail!("`cargo fmt` or `cargo clippy` is missing, and there is no rustup to add them");
+    let installed = try_output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|targets| targets.lines().any(|t| t.trim() == MUSL_TARGET));
+    if !installed && which("rustup").is_some() {
+        util::run(Command::new("rustup").args(["target", "add", MUSL_TARGET])).context(
+            "the musl target is needed by the static Rust test (tests/tests/rust_musl.rs)",
+        )?;
     }
-    util::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+    Ok(())
 }
 
 pub fn is_debian() -> bool {

@@ -1,0 +1,81 @@
+//! rust_leaker built for x86_64-unknown-linux-musl and linked statically: musl's malloc
+//! is in the program itself (a static PIE), with no libc.so to find it through.
+
+use leakbpf_tests::{
+    RUST_LEAKER_MUSL, Report, TargetOutput, require_root, sum, trace_pid, trace_spawn,
+};
+
+const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
+
+fn program() -> &'static str {
+    assert!(
+        !RUST_LEAKER_MUSL.is_empty(),
+        "rust_leaker_musl was not built: this rustc has no standard library for \
+         x86_64-unknown-linux-musl (`rustup target add x86_64-unknown-linux-musl`, then \
+         rebuild the tests)"
+    );
+    RUST_LEAKER_MUSL
+}
+
+fn assert_rust_run(report: &Report, truth: &TargetOutput) {
+    for (function, suffix) in [
+        ("rust_leaker::leak_boxes", "leak_boxes"),
+        ("rust_leaker::leak_vec", "leak_vec"),
+    ] {
+        let truth = truth.truth(function);
+        let outstanding = sum(report.sites_where(|site| {
+            site.rust_caller()
+                .is_some_and(|caller| caller.ends_with(suffix))
+        }));
+        assert_eq!(
+            outstanding,
+            (truth.bytes, truth.count),
+            "(bytes, allocations) outstanding at {function}:\n{}",
+            report.describe()
+        );
+    }
+    let churned = sum(report.sites_where(|site| {
+        site.rust_caller()
+            .is_some_and(|caller| caller.ends_with("churn"))
+    }));
+    assert_eq!(
+        churned,
+        (0, 0),
+        "churn frees everything:\n{}",
+        report.describe()
+    );
+    let frees = truth.object("churn")["frees"]
+        .as_u64()
+        .expect("churn.frees");
+    assert!(frees >= 500_000, "the target churned too little");
+    assert!(
+        report.counters.frees >= frees,
+        "leakbpf counted {} frees, the churn alone made {frees}:\n{}",
+        report.counters.frees,
+        report.describe()
+    );
+    let counters = report.counters;
+    assert_eq!(
+        (
+            counters.dropped_allocations,
+            counters.dropped_sites,
+            counters.dropped_calls
+        ),
+        (0, 0, 0),
+        "leakbpf dropped events: {counters:?}"
+    );
+}
+
+#[test]
+fn static_musl_rust_traced_by_pid() {
+    require_root();
+    let run = trace_pid(LEAKBPF, program(), &[], &["--top", "1000"]);
+    assert_rust_run(run.final_report(), &run.truth);
+}
+
+#[test]
+fn static_musl_rust_traced_from_spawn() {
+    require_root();
+    let run = trace_spawn(LEAKBPF, program(), &[], &["--top", "1000"]);
+    assert_rust_run(run.final_report(), &run.truth);
+}

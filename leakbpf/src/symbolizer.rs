@@ -188,21 +188,43 @@ impl Worker {
 
     /// The module and file offset of each of `calls`, while the process is alive.
     fn locations(&self, pid: NonZeroU32, calls: &[u64]) -> Vec<Option<(String, u64)>> {
-        let Ok(output) = self
+        let normalized = self
             .normalizer
             .normalize_user_addrs(Pid::from(pid.get()), calls)
-        else {
-            return vec![None; calls.len()];
-        };
-        output
-            .outputs
+            .ok();
+        let trampolines = uprobes_area(pid);
+        calls
             .iter()
-            .map(|&(offset, meta)| match output.meta.get(meta) {
-                Some(UserMeta::Elf(elf)) => Some((elf.path.display().to_string(), offset)),
-                _ => None,
+            .enumerate()
+            .map(|(index, &call)| {
+                // A return address replaced by a uretprobe's trampoline: another tool's
+                // return probe on the allocation function fired before leakbpf's probe,
+                // which sits past the function's first instruction, read it.
+                // The trampoline is the return address itself, not a call before it.
+                let address = call + 1;
+                if let Some(area) = trampolines.as_ref().filter(|area| area.contains(&address)) {
+                    return Some((UPROBES_AREA.to_owned(), address - area.start));
+                }
+                let output = normalized.as_ref()?;
+                let &(offset, meta) = output.outputs.get(index)?;
+                match output.meta.get(meta) {
+                    Some(UserMeta::Elf(elf)) => Some((elf.path.display().to_string(), offset)),
+                    _ => None,
+                }
             })
             .collect()
     }
+}
+
+/// The name /proc/PID/maps gives the page of uprobe trampolines.
+const UPROBES_AREA: &str = "[uprobes]";
+
+/// Where process `pid` has its uprobe trampolines, if it has any.
+fn uprobes_area(pid: NonZeroU32) -> Option<std::ops::Range<u64>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let line = maps.lines().find(|line| line.ends_with(UPROBES_AREA))?;
+    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+    Some(u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?)
 }
 
 /// A source file and line.

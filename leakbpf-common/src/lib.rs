@@ -15,6 +15,8 @@ pub mod map_names {
     pub const STACKS: &str = "STACKS";
     /// Event counters, per CPU, indexed by [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "COUNTERS";
+    /// The traced processes when there are several: tgid → 1.
+    pub const TRACED_PIDS: &str = "TRACED_PIDS";
     /// Allocation calls in flight, per thread: tid → [`Pending`](crate::Pending).
     pub const PENDING: &str = "PENDING";
     /// Stacks taken in `operator new`, per thread: tid → [`NewMark`](crate::NewMark).
@@ -29,7 +31,7 @@ pub mod map_names {
 
 /// Names of the read-only globals the agent sets when it loads the programs.
 pub mod global_names {
-    /// The tgid of the traced process (`u32`).
+    /// The tgid of the traced process (`u32`); 0 when several are, listed in TRACED_PIDS.
     pub const TARGET_TGID: &str = "TARGET_TGID";
     /// Non-zero when `operator new` is probed, so `malloc` looks for its stack (`u32`).
     pub const NEW_PROBED: &str = "NEW_PROBED";

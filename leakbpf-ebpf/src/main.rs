@@ -30,8 +30,9 @@ const DEFAULT_ENTRIES: u32 = 1024;
 const MAX_THREADS: u32 = 65536;
 const EEXIST: i32 = 17;
 
-/// The traced process. A global the agent sets at load time: the verifier sees a
-/// constant, where a map lookup on every event would cost tens of nanoseconds.
+/// The traced process, or 0 when several are (then listed in `TRACED_PIDS`). A global the
+/// agent sets at load time: the verifier sees a constant, where a map lookup on every
+/// event would cost tens of nanoseconds.
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
 /// Non-zero when `operator new` is probed; otherwise `malloc` skips looking for its mark.
@@ -41,6 +42,8 @@ static NEW_PROBED: u32 = 0;
 #[unsafe(no_mangle)]
 static DELETE_PROBED: u32 = 0;
 
+#[map]
+static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_ENTRIES, 0);
 #[map]
@@ -122,7 +125,12 @@ fn traced_task() -> Option<CurrentTask> {
     let task = current_task();
     // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
     let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
-    (task.tgid == target).then_some(task)
+    let traced = match target {
+        // SAFETY: a plain value, only tested for presence.
+        0 => unsafe { TRACED_PIDS.get(&task.tgid) }.is_some(),
+        target => task.tgid == target,
+    };
+    traced.then_some(task)
 }
 
 /// Adds one to `counter`; returns its value on this CPU before, so a diagnostic can be

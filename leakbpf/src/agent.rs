@@ -1,5 +1,6 @@
-//! The agent: attaches to the target, then reports every interval until a signal, the
-//! target's exit or `--count` ends the run with one final report.
+//! The agent: attaches to the targets, then reports on each every interval until a
+//! signal or `--count` ends the run, or a target exits; every report run ends with one
+//! final report per process.
 
 use std::{
     collections::HashMap,
@@ -16,6 +17,7 @@ use leakbpf_common::NewStack;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::{Instant, MissedTickBehavior},
 };
 
@@ -30,11 +32,12 @@ use crate::{
     process::{self, ExitWatch, PausedChild},
     report::{self, Moment, ReportBuilder},
     symbolizer::{Frame, StackRequest, SymbolizerHandle},
-    tracer::{Capacity, Tracer},
+    tracer::{Attached, Capacity, Tracer},
 };
 
 pub enum Target {
-    Pid(NonZeroU32),
+    /// Running processes.
+    Pids(Vec<NonZeroU32>),
     /// A command line: the program, then its arguments.
     Command(Vec<OsString>),
 }
@@ -64,31 +67,42 @@ pub fn run(settings: Settings) -> Result<()> {
         settings.output.as_deref(),
         settings.output_mode,
     )?;
-    let (pid, objects, child) = match &settings.target {
-        Target::Pid(pid) => {
-            let objects = objects::of_process(pid.get())?;
-            (*pid, objects, None)
-        }
+    let prefix = settings.symbol_prefix.as_deref();
+    let mut child = None;
+    let targets: Vec<(NonZeroU32, Vec<Probe>)> = match &settings.target {
+        Target::Pids(pids) => pids
+            .iter()
+            .map(|&pid| {
+                let objects = objects::of_process(pid.get())?;
+                let probes =
+                    probes::plan(&objects, prefix).with_context(|| format!("pid {pid}"))?;
+                Ok((pid, probes))
+            })
+            .collect::<Result<_>>()?,
         Target::Command(command) => {
             let program = command.first().context("no command given")?;
             let exe = process::resolve(program)?;
             let objects = objects::of_command(&exe)
                 .with_context(|| format!("cannot inspect {}", exe.display()))?;
+            let probes = probes::plan(&objects, prefix)
+                .with_context(|| format!("cannot trace {}", exe.display()))?;
             // Forks now, while this process is still single-threaded.
-            let child = process::spawn_paused(&exe, command)?;
-            (child.pid, objects, Some(child))
+            let paused = process::spawn_paused(&exe, command)?;
+            let pid = paused.pid;
+            child = Some(paused);
+            vec![(pid, probes)]
         }
     };
-    let probes = probes::plan(&objects, settings.symbol_prefix.as_deref())
-        .with_context(|| format!("pid {pid}"))?;
     privileges::raise_memlock_limit();
 
-    let (mut tracer, maps) = Tracer::load(settings.capacity, pid, &probes)?;
+    let pids: Vec<NonZeroU32> = targets.iter().map(|(pid, _)| *pid).collect();
+    let all_probes: Vec<Probe> = targets.iter().flat_map(|(_, p)| p.clone()).collect();
+    let (mut tracer, mut maps) = Tracer::load(settings.capacity, &pids, &all_probes)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the agent's runtime")?;
-    // The pidfd is taken before attaching, so an exit during the attach is seen.
+    // Taken before attaching, so an exit during the attach is seen.
     let lifetime = match &child {
         // Seized before it runs, so even an exit in its first microseconds is held.
         Some(child) => Lifetime::Child(
@@ -96,28 +110,30 @@ pub fn run(settings: Settings) -> Result<()> {
                 .block_on(async { TracedChild::seize(child.pid) })
                 .context("cannot supervise the command")?,
         ),
-        None => Lifetime::Pid(runtime.block_on(async { ExitWatch::new(pid.get()) })?),
+        None => runtime.block_on(async { Lifetime::watch(&pids) })?,
     };
-    let attached = match tracer.attach(&probes, pid, settings.floor) {
-        Ok(attached) => attached,
-        Err(_) if !process::is_alive(pid.get()) => {
-            bail!("pid {pid} exited while leakbpf was attaching to it")
-        }
-        Err(err) => return Err(err.into()),
-    };
-    announce(pid, &probes, &attached, settings.verbose);
+    for (pid, probes) in &targets {
+        maps.trace(pid.get())?;
+        let attached = match tracer.attach(probes, *pid, settings.floor) {
+            Ok(attached) => attached,
+            Err(_) if !process::is_alive(pid.get()) => {
+                bail!("pid {pid} exited while leakbpf was attaching to it")
+            }
+            Err(err) => return Err(err.into()),
+        };
+        announce(*pid, probes, &attached, settings.verbose);
+    }
     let logger = settings.verbose.then(|| tracer.logger()).flatten();
     if let Some(child) = child {
         release(child)?;
     }
     let monitor = Monitor {
-        pid,
+        processes: pids.iter().map(|&pid| Process::new(pid)).collect(),
         maps,
         output,
-        builder: ReportBuilder::default(),
         frames: HashMap::new(),
         symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,
-        reports: 0,
+        ticks: 0,
         interval: settings.interval,
         top: settings.top,
         min_age: settings.min_age,
@@ -128,12 +144,7 @@ pub fn run(settings: Settings) -> Result<()> {
     result
 }
 
-fn announce(
-    pid: NonZeroU32,
-    probes: &[Probe],
-    attached: &[crate::tracer::Attached],
-    verbose: bool,
-) {
+fn announce(pid: NonZeroU32, probes: &[Probe], attached: &[Attached], verbose: bool) {
     let mut objects: Vec<String> = probes
         .iter()
         .map(|p| p.object.path.display().to_string())
@@ -160,22 +171,52 @@ fn release(child: PausedChild) -> Result<()> {
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// How the agent learns that the target ends.
+/// What happens to the traced processes.
+enum LifeEvent {
+    /// The started command is held at its exit (see [`TracedChild`]).
+    Exiting(NonZeroU32),
+    /// A process is gone; how, when it was a command leakbpf started.
+    Exited(NonZeroU32, Option<String>),
+}
+
+/// How the agent learns that targets end.
 enum Lifetime {
-    /// A process it attached to: a pidfd.
-    Pid(ExitWatch),
-    /// A command it started: held at its exit (see [`TracedChild`]).
+    /// Processes it attached to: a pidfd each, watched by a task that reports the exit.
+    Pids(mpsc::UnboundedReceiver<NonZeroU32>),
+    /// A command it started.
     Child(TracedChild),
 }
 
 impl Lifetime {
-    async fn next(&mut self) -> Option<ChildEvent> {
-        match self {
-            Lifetime::Pid(watch) => {
+    /// Watches `pids`; must run inside the runtime.
+    fn watch(pids: &[NonZeroU32]) -> Result<Self> {
+        let (exits, exited) = mpsc::unbounded_channel();
+        for &pid in pids {
+            let watch = ExitWatch::new(pid.get())?;
+            let exits = exits.clone();
+            tokio::spawn(async move {
                 watch.exited().await;
-                None
+                let _ = exits.send(pid);
+            });
+        }
+        Ok(Lifetime::Pids(exited))
+    }
+
+    /// The next event; never returns once nothing is left to watch.
+    async fn next(&mut self) -> LifeEvent {
+        let event = match self {
+            Lifetime::Pids(exited) => exited.recv().await.map(|pid| LifeEvent::Exited(pid, None)),
+            Lifetime::Child(child) => {
+                let pid = child.pid();
+                child.next().await.map(|event| match event {
+                    ChildEvent::Exiting => LifeEvent::Exiting(pid),
+                    ChildEvent::Exited(status) => LifeEvent::Exited(pid, Some(status)),
+                })
             }
-            Lifetime::Child(child) => child.next().await,
+        };
+        match event {
+            Some(event) => event,
+            None => std::future::pending().await,
         }
     }
 
@@ -186,15 +227,32 @@ impl Lifetime {
     }
 }
 
-struct Monitor {
+/// A traced process and its report history.
+struct Process {
     pid: NonZeroU32,
+    builder: ReportBuilder,
+    reports: u64,
+}
+
+impl Process {
+    fn new(pid: NonZeroU32) -> Self {
+        Self {
+            pid,
+            builder: ReportBuilder::default(),
+            reports: 0,
+        }
+    }
+}
+
+struct Monitor {
+    /// The processes still running, each reported on until it exits.
+    processes: Vec<Process>,
     maps: KernelMaps,
     output: Output,
-    builder: ReportBuilder,
-    /// Symbolized stacks by id: each is symbolized once.
-    frames: HashMap<u64, Arc<[Frame]>>,
+    /// Symbolized stacks by process and stack id: each is symbolized once.
+    frames: HashMap<(NonZeroU32, u64), Arc<[Frame]>>,
     symbolizer: SymbolizerHandle,
-    reports: u64,
+    ticks: u64,
     interval: Duration,
     top: usize,
     min_age: Option<Duration>,
@@ -219,32 +277,39 @@ impl Monitor {
             Some(logger) => Some(fd::poll(logger).context("cannot poll the eBPF log")?),
             None => None,
         };
-        loop {
+        while !self.processes.is_empty() {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if count.is_some_and(|count| self.reports + 1 >= count) {
+                    self.ticks += 1;
+                    let last = count.is_some_and(|count| self.ticks >= count);
+                    if last {
                         break;
                     }
-                    self.report(false).await?;
+                    for index in 0..self.processes.len() {
+                        self.report(index, false).await?;
+                    }
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 event = lifetime.next() => match event {
-                    Some(ChildEvent::Exiting) => {
+                    LifeEvent::Exiting(pid) => {
                         // Its memory map is still there: name every stack seen so far.
                         if let Some(ring) = new_stacks.as_mut() {
                             self.symbolize_new(ring.get_mut()).await?;
                         }
-                        self.symbolizer.remember(self.pid).await?;
+                        self.symbolizer.remember(pid).await?;
                         lifetime.resume();
                     }
-                    Some(ChildEvent::Exited(status)) => {
-                        eprintln!("leakbpf: pid {} {status}", self.pid);
-                        break;
-                    }
-                    None => {
-                        eprintln!("leakbpf: pid {} exited", self.pid);
-                        break;
+                    LifeEvent::Exited(pid, status) => {
+                        let status = status.unwrap_or_else(|| "exited".to_owned());
+                        eprintln!("leakbpf: pid {pid} {status}");
+                        if let Some(ring) = new_stacks.as_mut() {
+                            self.symbolize_new(ring.get_mut()).await?;
+                        }
+                        if let Some(index) = self.processes.iter().position(|p| p.pid == pid) {
+                            self.report(index, true).await?;
+                            self.processes.remove(index);
+                        }
                     }
                 },
                 ready = readable(&mut new_stacks) => {
@@ -265,61 +330,75 @@ impl Monitor {
         if let Some(ring) = new_stacks.as_mut() {
             self.symbolize_new(ring.get_mut()).await?;
         }
-        self.report(true).await
+        for index in 0..self.processes.len() {
+            self.report(index, true).await?;
+        }
+        Ok(())
     }
 
     /// Symbolizes the stacks announced since the last call, while their process runs.
     async fn symbolize_new(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        let mut ids = Vec::new();
+        let mut ids: HashMap<NonZeroU32, Vec<u64>> = HashMap::new();
         while let Some(item) = ring.next() {
             if item.len() >= size_of::<NewStack>() {
                 // SAFETY: the eBPF side writes whole `NewStack`s; the read is unaligned-safe.
                 let notice: NewStack = unsafe { item.as_ptr().cast::<NewStack>().read_unaligned() };
-                if notice.tgid == self.pid.get() {
-                    ids.push(notice.stack_id);
+                if let Some(pid) = NonZeroU32::new(notice.tgid) {
+                    ids.entry(pid).or_default().push(notice.stack_id);
                 }
             }
         }
-        self.symbolize(ids).await
+        for (pid, ids) in ids {
+            self.symbolize(pid, ids).await?;
+        }
+        Ok(())
     }
 
-    /// Symbolizes the stacks among `ids` not symbolized yet.
-    async fn symbolize(&mut self, ids: Vec<u64>) -> Result<()> {
+    /// Symbolizes the stacks of process `pid` among `ids` not symbolized yet.
+    async fn symbolize(&mut self, pid: NonZeroU32, ids: Vec<u64>) -> Result<()> {
         let mut requests: Vec<StackRequest> = Vec::new();
         for id in ids {
-            if self.frames.contains_key(&id) || requests.iter().any(|(known, _)| *known == id) {
+            if self.frames.contains_key(&(pid, id))
+                || requests.iter().any(|(known, _)| *known == id)
+            {
                 continue;
             }
             match self.maps.stack(id)? {
                 Some(addresses) => requests.push((id, addresses)),
                 None => {
-                    self.frames.insert(id, Arc::from(Vec::new()));
+                    self.frames.insert((pid, id), Arc::from(Vec::new()));
                 }
             }
         }
         if requests.is_empty() {
             return Ok(());
         }
-        for (id, frames) in self.symbolizer.symbolize(self.pid, requests).await? {
-            self.frames.insert(id, Arc::from(frames));
+        for (id, frames) in self.symbolizer.symbolize(pid, requests).await? {
+            self.frames.insert((pid, id), Arc::from(frames));
         }
         Ok(())
     }
 
-    async fn report(&mut self, is_final: bool) -> Result<()> {
-        self.reports += 1;
+    /// Writes the report on `self.processes[index]`.
+    async fn report(&mut self, index: usize, is_final: bool) -> Result<()> {
+        let pid = self.processes[index].pid;
         let counters = self.maps.counters()?;
         let now_ns = boot_time_ns();
         let cutoff = self
             .min_age
             .map(|age| now_ns.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
-        let mut sites = self.maps.sites(self.pid.get(), cutoff)?;
+        let mut sites = self.maps.sites(pid.get(), cutoff)?;
         report::rank(&mut sites);
-        self.symbolize(sites.iter().take(self.top).map(|s| s.stack_id).collect())
-            .await?;
+        self.symbolize(
+            pid,
+            sites.iter().take(self.top).map(|s| s.stack_id).collect(),
+        )
+        .await?;
+        let process = &mut self.processes[index];
+        process.reports += 1;
         let moment = Moment {
-            pid: self.pid.get(),
-            number: self.reports,
+            pid: pid.get(),
+            number: process.reports,
             is_final,
             interval: self.interval,
             timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -327,9 +406,9 @@ impl Monitor {
             counters,
         };
         let frames = &self.frames;
-        let report = self.builder.build(moment, sites, self.top, |id| {
+        let report = process.builder.build(moment, sites, self.top, |id| {
             frames
-                .get(&id)
+                .get(&(pid, id))
                 .cloned()
                 .unwrap_or_else(|| Arc::from(Vec::new()))
         });

@@ -21,6 +21,7 @@ pub enum ChildEvent {
 }
 
 pub struct TracedChild {
+    pid: NonZeroU32,
     events: async_mpsc::UnboundedReceiver<ChildEvent>,
     resume: mpsc::Sender<()>,
 }
@@ -60,7 +61,15 @@ impl TracedChild {
         seized_rx
             .recv()
             .map_err(|_| io::Error::other("the supervising thread ended"))??;
-        Ok(Self { events, resume })
+        Ok(Self {
+            pid,
+            events,
+            resume,
+        })
+    }
+
+    pub fn pid(&self) -> NonZeroU32 {
+        self.pid
     }
 
     /// The next event; None once the child is gone and reported.

@@ -28,14 +28,15 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "leakbpf", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Trace this running process.
+    /// Trace this running process; repeat, or separate with commas, for several.
     #[arg(
         short,
         long,
+        value_delimiter = ',',
         conflicts_with = "command",
         required_unless_present = "command"
     )]
-    pub pid: Option<NonZeroU32>,
+    pub pid: Vec<NonZeroU32>,
     /// Time between reports, e.g. 5s, 500ms, 1m.
     #[arg(short, long, default_value = "5s", value_parser = positive_duration)]
     pub interval: Duration,
@@ -96,9 +97,10 @@ fn octal_mode(text: &str) -> Result<u32, String> {
 
 impl Cli {
     fn settings(self) -> Settings {
-        let target = match self.pid {
-            Some(pid) => Target::Pid(pid),
-            None => Target::Command(self.command),
+        let target = if self.pid.is_empty() {
+            Target::Command(self.command)
+        } else {
+            Target::Pids(self.pid)
         };
         Settings {
             target,
@@ -147,7 +149,9 @@ mod tests {
     fn parses_pid_mode_with_defaults() {
         let cli = Cli::try_parse_from(["leakbpf", "--pid", "42"]).unwrap();
         let settings = cli.settings();
-        assert!(matches!(settings.target, Target::Pid(pid) if pid.get() == 42));
+        assert!(
+            matches!(&settings.target, Target::Pids(pids) if pids[..] == [NonZeroU32::new(42).unwrap()])
+        );
         assert_eq!(settings.interval, Duration::from_secs(5));
         assert_eq!(settings.top, 10);
         assert_eq!(settings.output_mode, 0o600);
@@ -164,7 +168,18 @@ mod tests {
         assert_eq!(settings.interval, Duration::from_millis(250));
         match settings.target {
             Target::Command(command) => assert_eq!(command, ["ls", "-l"]),
-            Target::Pid(_) => panic!("expected a command"),
+            Target::Pids(_) => panic!("expected a command"),
+        }
+    }
+
+    #[test]
+    fn takes_several_pids() {
+        let cli = Cli::try_parse_from(["leakbpf", "-p", "1,2", "--pid", "3"]).unwrap();
+        match cli.settings().target {
+            Target::Pids(pids) => {
+                assert_eq!(pids.iter().map(|p| p.get()).collect::<Vec<_>>(), [1, 2, 3])
+            }
+            Target::Command(_) => panic!("expected pids"),
         }
     }
 

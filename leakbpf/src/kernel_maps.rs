@@ -44,6 +44,7 @@ pub struct KernelMaps {
     sites: PerCpuHashMap<MapData, SiteKey, SiteTotals>,
     stacks: HashMap<MapData, u64, StackTrace>,
     counters: PerCpuArray<MapData, u64>,
+    traced: HashMap<MapData, u32, u32>,
     new_stacks: Option<RingBuf<MapData>>,
 }
 
@@ -69,8 +70,16 @@ impl KernelMaps {
             sites: take(ebpf, map_names::SITE_TOTALS)?,
             stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
+            traced: take(ebpf, map_names::TRACED_PIDS)?,
             new_stacks: Some(take(ebpf, map_names::NEW_STACKS)?),
         })
+    }
+
+    /// Makes the programs record allocations of process `pid` (when several are traced).
+    pub fn trace(&mut self, pid: u32) -> Result<(), TracerError> {
+        self.traced
+            .insert(pid, 1, 0)
+            .map_err(map_error(map_names::TRACED_PIDS))
     }
 
     /// The ring buffer announcing new stacks; there is one, so the first caller gets it.

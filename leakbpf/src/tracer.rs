@@ -53,6 +53,12 @@ pub enum TracerError {
     Missing(&'static str),
     #[error("cannot attach to {probe}")]
     Attach { probe: String, source: ProgramError },
+    #[error(
+        "cannot attach to {probe}: another tool holds a uprobe there with a different \
+         reference counter (Debian's BCC memleak-bpfcc does; the kernel log says \
+         'ref_ctr_offset mismatch'): stop it and retry"
+    )]
+    Conflict { probe: String },
     #[error("cannot use eBPF map {name}")]
     Map {
         name: &'static str,
@@ -76,16 +82,21 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs for tracing process `pid` through `probes`.
+    /// Loads the programs for tracing processes `pids` through `probes`.
     pub fn load(
         capacity: Capacity,
-        pid: NonZeroU32,
+        pids: &[NonZeroU32],
         probes: &[Probe],
     ) -> Result<(Self, KernelMaps), TracerError> {
         let probed = |kind| u32::from(probes.iter().any(|p| p.probed == kind));
         let (new_probed, delete_probed) = (probed(Probed::New), probed(Probed::Delete));
+        // One process is told apart by a constant; several by a lookup in TRACED_PIDS.
+        let target = match pids {
+            [pid] => pid.get(),
+            _ => 0,
+        };
         let mut ebpf = EbpfLoader::new()
-            .override_global(global_names::TARGET_TGID, &pid.get(), true)
+            .override_global(global_names::TARGET_TGID, &target, true)
             .override_global(global_names::NEW_PROBED, &new_probed, true)
             .override_global(global_names::DELETE_PROBED, &delete_probed, true)
             .map_max_entries(map_names::ALLOCS, capacity.allocations)
@@ -145,9 +156,13 @@ impl Tracer {
                 };
                 uprobe(&mut self.ebpf, name)?
                     .attach(point, &probe.object.host_path, UProbeScope::OneProcess(pid))
-                    .map_err(|source| TracerError::Attach {
-                        probe: probe.to_string(),
-                        source,
+                    .map_err(|source| {
+                        let probe = probe.to_string();
+                        if os_error(&source) == Some(libc::EINVAL) {
+                            TracerError::Conflict { probe }
+                        } else {
+                            TracerError::Attach { probe, source }
+                        }
                     })?;
                 attached.push(Attached {
                     program: name,
@@ -157,6 +172,21 @@ impl Tracer {
         }
         Ok(attached)
     }
+}
+
+/// The OS error code at the root of `err`, if any.
+fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        current = err.source();
+    }
+    None
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, TracerError> {

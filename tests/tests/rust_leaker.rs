@@ -1,7 +1,11 @@
-//! A Rust program: its allocations go through the standard library's allocation
-//! functions before malloc, and are still attributed to the function that made them.
+//! Rust programs: their allocations go through the standard library's allocation
+//! functions before the allocator, and are still attributed to the function that made
+//! them. Built against glibc, and for x86_64-unknown-linux-musl linked statically:
+//! musl's malloc is then in the program itself (a static PIE), with no libc.so to find.
 
-use leakbpf_tests::{RUST_LEAKER, require_root, sum, trace_pid};
+use leakbpf_tests::{
+    RUST_LEAKER, RUST_LEAKER_MUSL, Report, TargetOutput, require_root, sum, trace_pid, trace_spawn,
+};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -9,12 +13,25 @@ const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 fn rust_boxes_and_vec_leaks_are_reported_exactly() {
     require_root();
     let run = trace_pid(LEAKBPF, RUST_LEAKER, &[], &["--top", "1000"]);
-    let report = run.final_report();
+    assert_rust_run(run.final_report(), &run.truth);
+}
+
+fn musl_program() -> &'static str {
+    assert!(
+        !RUST_LEAKER_MUSL.is_empty(),
+        "rust_leaker_musl was not built: this rustc has no standard library for \
+         x86_64-unknown-linux-musl (`rustup target add x86_64-unknown-linux-musl`, then \
+         rebuild the tests)"
+    );
+    RUST_LEAKER_MUSL
+}
+
+fn assert_rust_run(report: &Report, truth: &TargetOutput) {
     for (function, suffix) in [
         ("rust_leaker::leak_boxes", "leak_boxes"),
         ("rust_leaker::leak_vec", "leak_vec"),
     ] {
-        let truth = run.truth.truth(function);
+        let truth = truth.truth(function);
         let outstanding = sum(report.sites_where(|site| {
             site.rust_caller()
                 .is_some_and(|caller| caller.ends_with(suffix))
@@ -36,13 +53,38 @@ fn rust_boxes_and_vec_leaks_are_reported_exactly() {
         "churn frees everything:\n{}",
         report.describe()
     );
-    let frees = run.truth.object("churn")["frees"]
+    let frees = truth.object("churn")["frees"]
         .as_u64()
         .expect("churn.frees");
     assert!(frees >= 500_000, "the target churned too little");
     assert!(
         report.counters.frees >= frees,
-        "leakbpf counted {} frees, the churn alone made {frees}",
-        report.counters.frees
+        "leakbpf counted {} frees, the churn alone made {frees}:\n{}",
+        report.counters.frees,
+        report.describe()
     );
+    let counters = report.counters;
+    assert_eq!(
+        (
+            counters.dropped_allocations,
+            counters.dropped_sites,
+            counters.dropped_calls
+        ),
+        (0, 0, 0),
+        "leakbpf dropped events: {counters:?}"
+    );
+}
+
+#[test]
+fn static_musl_rust_traced_by_pid() {
+    require_root();
+    let run = trace_pid(LEAKBPF, musl_program(), &[], &["--top", "1000"]);
+    assert_rust_run(run.final_report(), &run.truth);
+}
+
+#[test]
+fn static_musl_rust_traced_from_spawn() {
+    require_root();
+    let run = trace_spawn(LEAKBPF, musl_program(), &[], &["--top", "1000"]);
+    assert_rust_run(run.final_report(), &run.truth);
 }

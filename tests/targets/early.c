@@ -4,60 +4,36 @@
  *
  *   early [--wait]
  *
- * Protocol: see leaker.c, except that there is no "ready"/go handshake (the leaks
- * happen before anything could be read): --wait only makes it wait for EOF on stdin
- * after "done".
+ * Protocol and truth: see alloc_target.h, except that there is no "ready"/go handshake
+ * (the leaks happen before anything could be read) and no churn line: --wait only makes
+ * it wait for EOF on stdin after "done".
  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "alloc_target.h"
 
-#define NOINLINE __attribute__((noinline, noipa))
+const char *const target_name = "early";
 
-void *kept[2];
-static size_t ctor_bytes, ctor_count, main_bytes, main_count;
+enum { T_CTOR, T_MAIN, T_COUNT };
 
-static void *must(void *p) {
-    if (p == NULL) {
-        fprintf(stderr, "early: malloc failed\n");
-        exit(1);
-    }
-    return p;
-}
+static struct truth truths[T_COUNT] = {
+    {"early_ctor_leak", 0, 0},
+    {"early_main_leak", 0, 0},
+};
 
 /* Runs before main, as the dynamic loader initialises the program. */
 __attribute__((constructor)) NOINLINE void early_ctor_leak(void) {
     size_t size = 1717;
-    kept[0] = must(malloc(size));
-    ctor_bytes += size;
-    ctor_count += 1;
+    keep(&truths[T_CTOR], malloc(size), size);
 }
 
 NOINLINE void early_main_leak(size_t size) {
-    kept[1] = must(malloc(size));
-    main_bytes += size;
-    main_count += 1;
+    keep(&truths[T_MAIN], malloc(size), size);
 }
 
 int main(int argc, char **argv) {
     early_main_leak(4242);
 
-    int wait = argc > 1 && strcmp(argv[1], "--wait") == 0;
-    if (argc > 2 || (argc == 2 && !wait)) {
-        fprintf(stderr, "usage: early [--wait]\n");
-        return 2;
-    }
-    printf("{\"truth\":{\"function\":\"early_ctor_leak\",\"bytes\":%zu,\"count\":%zu}}\n",
-           ctor_bytes, ctor_count);
-    printf("{\"truth\":{\"function\":\"early_main_leak\",\"bytes\":%zu,\"count\":%zu}}\n",
-           main_bytes, main_count);
-    printf("done\n");
-    fflush(stdout);
-
-    if (wait) {
-        char line[256];
-        while (fgets(line, sizeof line, stdin) != NULL) {
-        }
-    }
+    int wait = parse_options(argc, argv, NULL, NULL, NULL, NULL);
+    print_truths(truths, T_COUNT);
+    finish(wait);
     return 0;
 }

@@ -44,8 +44,7 @@ static inline __attribute__((always_inline)) void *malloc_with_rbp(size_t size, 
 
 /* A non-canonical address: no walk can read it. */
 NOINLINE void leak_with_garbage_rbp(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_GARBAGE], malloc_with_rbp(size, 0x4141414141414140u), size);
+    LEAK_EACH(&truths[T_GARBAGE], count, malloc_with_rbp(size, 0x4141414141414140u), size);
 }
 
 /* A frame whose saved frame pointer is itself. */
@@ -53,8 +52,7 @@ NOINLINE void leak_with_looping_rbp(int count, size_t size) {
     volatile uintptr_t frame[2];
     frame[0] = (uintptr_t)frame;
     frame[1] = 0x1234;
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_LOOP], malloc_with_rbp(size, (uintptr_t)frame), size);
+    LEAK_EACH(&truths[T_LOOP], count, malloc_with_rbp(size, (uintptr_t)frame), size);
 }
 
 /* A well-formed chain of 200 frames with made-up return addresses. */
@@ -66,15 +64,12 @@ NOINLINE void leak_with_endless_chain(int count, size_t size) {
         chain[2 * i + 1] = 0x10000 + 16 * (uintptr_t)i;
     }
     chain[2 * DEPTH] = 0;
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_DEEP], malloc_with_rbp(size, (uintptr_t)chain), size);
+    LEAK_EACH(&truths[T_DEEP], count, malloc_with_rbp(size, (uintptr_t)chain), size);
 }
 
 NOINLINE void churn(unsigned long rounds) {
     for (unsigned long i = 0; i < rounds; i++) {
-        void *p = got(malloc_with_rbp(16 + i % 241, 0x4141414141414140u));
-        free(p);
-        stats.frees++;
+        release(got(malloc_with_rbp(16 + i % 241, 0x4141414141414140u)));
     }
 }
 

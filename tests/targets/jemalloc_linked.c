@@ -22,41 +22,24 @@ static struct truth truths[T_COUNT] = {
 };
 
 NOINLINE void leak_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MALLOC], malloc(size), size);
+    LEAK_EACH(&truths[T_MALLOC], count, malloc(size), size);
 }
 
 NOINLINE void leak_calloc(int count, size_t nmemb, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_CALLOC], calloc(nmemb, size), nmemb * size);
+    LEAK_EACH(&truths[T_CALLOC], count, calloc(nmemb, size), nmemb * size);
 }
 
 /* The malloc'd block is consumed by realloc: the leak is the realloc's. */
 NOINLINE void leak_realloc(int count, size_t from, size_t to) {
-    for (int i = 0; i < count; i++) {
-        void *p = malloc(from);
-        if (p == NULL)
-            die("malloc");
-        memset(p, 0x31, from);
-        keep(&truths[T_REALLOC], realloc(p, to), to);
-    }
+    LEAK_RESIZED(&truths[T_REALLOC], count, malloc, realloc, from, to, 0x31);
 }
 
 NOINLINE void leak_posix_memalign(int count, size_t alignment, size_t size) {
-    for (int i = 0; i < count; i++) {
-        void *p = NULL;
-        int err = posix_memalign(&p, alignment, size);
-        if (err != 0) {
-            errno = err;
-            die("posix_memalign");
-        }
-        keep(&truths[T_POSIX_MEMALIGN], p, size);
-    }
+    LEAK_POSIX_MEMALIGN(&truths[T_POSIX_MEMALIGN], count, alignment, size);
 }
 
 NOINLINE void leak_mallocx(int count, size_t size, int flags) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MALLOCX], mallocx(size, flags), size);
+    LEAK_EACH(&truths[T_MALLOCX], count, mallocx(size, flags), size);
 }
 
 /* The mallocx'd block is consumed by rallocx: the leak is the rallocx's. */
@@ -68,11 +51,6 @@ NOINLINE void leak_rallocx(int count, size_t from, size_t to) {
         memset(p, 0x32, from);
         keep(&truths[T_RALLOCX], rallocx(p, to, MALLOCX_ZERO), to);
     }
-}
-
-static void release(void *p) {
-    free(p);
-    stats.frees++;
 }
 
 static void release_d(void *p) {
@@ -90,31 +68,16 @@ NOINLINE void churn(unsigned long rounds) {
     for (unsigned long i = 0; i < rounds; i++) {
         size_t size = 16 + i % 241; /* 16..256 */
 
-        char *p = got(malloc(size));
-        p[0] = (char)i;
-        release(p);
+        CHURN_MALLOC_CALLOC_REALLOC(i, size, 3000);
 
-        release(got(calloc(1 + i % 32, 8)));
-
-        /* A realloc chain: each step frees the previous block. */
-        p = got(malloc(16));
-        p = got(realloc(p, 64 + i % 64));
-        p = got(realloc(p, 3000 + i % 300));
-        p = got(realloc(p, 24));
-        release(p);
-
-        void *aligned = NULL;
-        if (posix_memalign(&aligned, 32, size) != 0)
-            die("posix_memalign");
-        stats.allocations++;
-        release(aligned);
+        CHURN_POSIX_MEMALIGN(size);
 
         release_d(got(mallocx(size, 0)));
         release_sd(got(mallocx(size, MALLOCX_ZERO)), size, 0);
         release_sd(got(mallocx(size, MALLOCX_ALIGN(64))), size, MALLOCX_ALIGN(64));
 
         /* An rallocx chain, then sized deallocation of its last size. */
-        p = got(mallocx(40, 0));
+        char *p = got(mallocx(40, 0));
         p = got(rallocx(p, 400 + i % 100, 0));
         p = got(rallocx(p, 5000, MALLOCX_ZERO));
         release_sd(p, 5000, 0);

@@ -35,67 +35,37 @@ static struct truth truths[T_COUNT] = {
 };
 
 NOINLINE void leak_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MALLOC], malloc(size), size);
+    LEAK_EACH(&truths[T_MALLOC], count, malloc(size), size);
 }
 
 NOINLINE void leak_calloc(int count, size_t nmemb, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_CALLOC], calloc(nmemb, size), nmemb * size);
+    LEAK_EACH(&truths[T_CALLOC], count, calloc(nmemb, size), nmemb * size);
 }
 
 /* The malloc'd block is consumed by realloc: the leak is the realloc's. */
 NOINLINE void leak_realloc(int count, size_t from, size_t to) {
-    for (int i = 0; i < count; i++) {
-        void *p = malloc(from);
-        if (p == NULL)
-            die("malloc");
-        memset(p, 0x41, from);
-        keep(&truths[T_REALLOC], realloc(p, to), to);
-    }
+    LEAK_RESIZED(&truths[T_REALLOC], count, malloc, realloc, from, to, 0x41);
 }
 
 NOINLINE void leak_reallocarray(int count, size_t nmemb, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_REALLOCARRAY], reallocarray(NULL, nmemb, size), nmemb * size);
+    LEAK_EACH(&truths[T_REALLOCARRAY], count, reallocarray(NULL, nmemb, size), nmemb * size);
 }
 
 NOINLINE void leak_posix_memalign(int count, size_t alignment, size_t size) {
-    for (int i = 0; i < count; i++) {
-        void *p = NULL;
-        int err = posix_memalign(&p, alignment, size);
-        if (err != 0) {
-            errno = err;
-            die("posix_memalign");
-        }
-        keep(&truths[T_POSIX_MEMALIGN], p, size);
-    }
+    LEAK_POSIX_MEMALIGN(&truths[T_POSIX_MEMALIGN], count, alignment, size);
 }
 
 NOINLINE void leak_aligned_alloc(int count, size_t alignment, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_ALIGNED_ALLOC], aligned_alloc(alignment, size), size);
+    LEAK_EACH(&truths[T_ALIGNED_ALLOC], count, aligned_alloc(alignment, size), size);
 }
 
 NOINLINE void leak_mi_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MI_MALLOC], mi_malloc(size), size);
+    LEAK_EACH(&truths[T_MI_MALLOC], count, mi_malloc(size), size);
 }
 
 /* The mi_malloc'd block is consumed by mi_realloc: the leak is the mi_realloc's. */
 NOINLINE void leak_mi_realloc(int count, size_t from, size_t to) {
-    for (int i = 0; i < count; i++) {
-        void *p = mi_malloc(from);
-        if (p == NULL)
-            die("mi_malloc");
-        memset(p, 0x42, from);
-        keep(&truths[T_MI_REALLOC], mi_realloc(p, to), to);
-    }
-}
-
-static void release(void *p) {
-    free(p);
-    stats.frees++;
+    LEAK_RESIZED(&truths[T_MI_REALLOC], count, mi_malloc, mi_realloc, from, to, 0x42);
 }
 
 static void mi_release(void *p) {
@@ -111,32 +81,17 @@ NOINLINE void churn(unsigned long rounds) {
     for (unsigned long i = 0; i < rounds; i++) {
         size_t size = 16 + i % 241; /* 16..256 */
 
-        char *p = got(malloc(size));
-        p[0] = (char)i;
-        release(p);
-
-        release(got(calloc(1 + i % 32, 8)));
-
-        /* A realloc chain: each step frees the previous block. */
-        p = got(malloc(16));
-        p = got(realloc(p, 64 + i % 64));
-        p = got(realloc(p, 3000 + i % 300));
-        p = got(realloc(p, 24));
-        release(p);
+        CHURN_MALLOC_CALLOC_REALLOC(i, size, 3000);
 
         release(got(realloc(null_block, size)));
         release(got(reallocarray(null_block, 1 + i % 16, 12)));
 
-        void *aligned = NULL;
-        if (posix_memalign(&aligned, 32, size) != 0)
-            die("posix_memalign");
-        stats.allocations++;
-        release(aligned);
+        CHURN_POSIX_MEMALIGN(size);
 
         release(got(aligned_alloc(64, 128)));
 
         mi_release(got(mi_malloc(size)));
-        p = got(mi_malloc(size));
+        void *p = got(mi_malloc(size));
         p = got(mi_realloc(p, 2 * size));
         mi_release(p);
     }

@@ -33,25 +33,17 @@ static struct truth truths[T_COUNT] = {
 };
 
 NOINLINE void leak_je_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_JE_MALLOC], je_malloc(size), size);
+    LEAK_EACH(&truths[T_JE_MALLOC], count, je_malloc(size), size);
 }
 
 NOINLINE void leak_je_calloc(int count, size_t nmemb, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_JE_CALLOC], je_calloc(nmemb, size), nmemb * size);
+    LEAK_EACH(&truths[T_JE_CALLOC], count, je_calloc(nmemb, size), nmemb * size);
 }
 
 /* The je_malloc'd block is consumed by je_realloc, which moves it to a larger class:
  * the leak is the je_realloc's. */
 NOINLINE void leak_je_realloc(int count, size_t from, size_t to) {
-    for (int i = 0; i < count; i++) {
-        void *p = je_malloc(from);
-        if (p == NULL)
-            die("je_malloc");
-        memset(p, 0x51, from);
-        keep(&truths[T_JE_REALLOC], je_realloc(p, to), to);
-    }
+    LEAK_RESIZED(&truths[T_JE_REALLOC], count, je_malloc, je_realloc, from, to, 0x51);
 }
 
 /* Within the block's size class, je_realloc returns the same address with a new size. */
@@ -74,22 +66,15 @@ NOINLINE void leak_je_realloc_in_place(int count, size_t from, size_t to) {
 static void *volatile null_block = NULL;
 
 NOINLINE void leak_je_realloc_null(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_JE_REALLOC_NULL], je_realloc(null_block, size), size);
+    LEAK_EACH(&truths[T_JE_REALLOC_NULL], count, je_realloc(null_block, size), size);
 }
 
 NOINLINE void leak_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MALLOC], malloc(size), size);
+    LEAK_EACH(&truths[T_MALLOC], count, malloc(size), size);
 }
 
 static void je_release(void *p) {
     je_free(p);
-    stats.frees++;
-}
-
-static void release(void *p) {
-    free(p);
     stats.frees++;
 }
 

@@ -20,46 +20,24 @@ static struct truth truths[T_COUNT] = {
 };
 
 NOINLINE void leak_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MALLOC], malloc(size), size);
+    LEAK_EACH(&truths[T_MALLOC], count, malloc(size), size);
 }
 
 NOINLINE void leak_calloc(int count, size_t nmemb, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_CALLOC], calloc(nmemb, size), nmemb * size);
+    LEAK_EACH(&truths[T_CALLOC], count, calloc(nmemb, size), nmemb * size);
 }
 
 /* The malloc'd block is consumed by realloc: the leak is the realloc's. */
 NOINLINE void leak_realloc(int count, size_t from, size_t to) {
-    for (int i = 0; i < count; i++) {
-        void *p = malloc(from);
-        if (p == NULL)
-            die("malloc");
-        memset(p, 0x61, from);
-        keep(&truths[T_REALLOC], realloc(p, to), to);
-    }
+    LEAK_RESIZED(&truths[T_REALLOC], count, malloc, realloc, from, to, 0x61);
 }
 
 NOINLINE void leak_posix_memalign(int count, size_t alignment, size_t size) {
-    for (int i = 0; i < count; i++) {
-        void *p = NULL;
-        int err = posix_memalign(&p, alignment, size);
-        if (err != 0) {
-            errno = err;
-            die("posix_memalign");
-        }
-        keep(&truths[T_POSIX_MEMALIGN], p, size);
-    }
+    LEAK_POSIX_MEMALIGN(&truths[T_POSIX_MEMALIGN], count, alignment, size);
 }
 
 NOINLINE void leak_aligned_alloc(int count, size_t alignment, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_ALIGNED_ALLOC], aligned_alloc(alignment, size), size);
-}
-
-static void release(void *p) {
-    free(p);
-    stats.frees++;
+    LEAK_EACH(&truths[T_ALIGNED_ALLOC], count, aligned_alloc(alignment, size), size);
 }
 
 /* Read through a volatile so the compiler keeps realloc(NULL, n) as written. */
@@ -70,26 +48,11 @@ NOINLINE void churn(unsigned long rounds) {
     for (unsigned long i = 0; i < rounds; i++) {
         size_t size = 16 + i % 241; /* 16..256 */
 
-        char *p = got(malloc(size));
-        p[0] = (char)i;
-        release(p);
-
-        release(got(calloc(1 + i % 32, 8)));
-
-        /* A realloc chain: each step frees the previous block. */
-        p = got(malloc(16));
-        p = got(realloc(p, 64 + i % 64));
-        p = got(realloc(p, 200 + i % 300));
-        p = got(realloc(p, 24));
-        release(p);
+        CHURN_MALLOC_CALLOC_REALLOC(i, size, 200);
 
         release(got(realloc(null_block, size)));
 
-        void *aligned = NULL;
-        if (posix_memalign(&aligned, 32, size) != 0)
-            die("posix_memalign");
-        stats.allocations++;
-        release(aligned);
+        CHURN_POSIX_MEMALIGN(size);
 
         release(got(aligned_alloc(64, 128)));
     }

@@ -56,25 +56,21 @@ NOINLINE void leak_new(int count) {
 }
 
 NOINLINE void leak_new_array(int count, size_t n) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_NEW_ARRAY], new std::uint32_t[n](), n * sizeof(std::uint32_t));
+    LEAK_EACH(&truths[T_NEW_ARRAY], count, new std::uint32_t[n](), n * sizeof(std::uint32_t));
 }
 
 NOINLINE void leak_new_nothrow(int count) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_NEW_NOTHROW], new (std::nothrow) Small(), sizeof(Small));
+    LEAK_EACH(&truths[T_NEW_NOTHROW], count, new (std::nothrow) Small(), sizeof(Small));
 }
 
 /* alignof(Aligned) exceeds __STDCPP_DEFAULT_NEW_ALIGNMENT__: operator new(size_t,
  * align_val_t). */
 NOINLINE void leak_new_aligned(int count) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_NEW_ALIGNED], new Aligned(), sizeof(Aligned));
+    LEAK_EACH(&truths[T_NEW_ALIGNED], count, new Aligned(), sizeof(Aligned));
 }
 
 NOINLINE void leak_malloc(int count, size_t size) {
-    for (int i = 0; i < count; i++)
-        keep(&truths[T_MALLOC], malloc(size), size);
+    LEAK_EACH(&truths[T_MALLOC], count, malloc(size), size);
 }
 
 /* new and delete of every form, and malloc and free, all given back. */
@@ -113,8 +109,7 @@ NOINLINE void churn(unsigned long rounds) {
 
         void *block = got(malloc(16 + i % 241));
         escape(block);
-        free(block);
-        stats.frees++;
+        release(block);
     }
 }
 

@@ -5,16 +5,17 @@
  *
  *   threads [--wait] [--blocks N]     (N blocks passed on by each thread)
  *
- * Protocol: see leaker.c. One truth line, for thread_leak, with the totals the threads
- * actually leaked.
+ * Protocol and truth: see alloc_target.h. One truth line, for thread_leak, with the
+ * totals the threads actually leaked; the churn line is make_block's (the blocks passed
+ * between threads: allocated by one, freed by the next).
  */
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
-#define NOINLINE __attribute__((noinline, noipa))
+#include "alloc_target.h"
+
 #define THREADS 8
+
+const char *const target_name = "threads";
 
 /* A block on its way to be freed: the queue's link lives in the block itself, so the
  * queue allocates nothing of its own. */
@@ -32,32 +33,16 @@ struct queue {
 static struct queue queues[THREADS];
 static unsigned long blocks_per_thread = 40000;
 
-/* What thread_leak leaked, over all threads. */
+/* What thread_leak leaked, over all threads, and the churn's stats: under truth_lock. */
 static pthread_mutex_t truth_lock = PTHREAD_MUTEX_INITIALIZER;
-static size_t leaked_bytes;
-static size_t leaked_count;
-/* What passed between threads: allocated by one, freed by the next. */
-static unsigned long passed_made, passed_freed;
-#define MAX_KEPT 64
-void *kept[MAX_KEPT];
-
-static void die(const char *what) {
-    fprintf(stderr, "threads: %s failed\n", what);
-    exit(1);
-}
+static struct truth leaked = {"thread_leak", 0, 0};
 
 NOINLINE void thread_leak(int index) {
     size_t size = 100 + 8 * (size_t)index;
     for (int i = 0; i <= index; i++) {
         void *p = malloc(size);
-        if (p == NULL)
-            die("malloc");
         pthread_mutex_lock(&truth_lock);
-        if (leaked_count == MAX_KEPT)
-            die("keeping a leak");
-        kept[leaked_count] = p;
-        leaked_bytes += size;
-        leaked_count += 1;
+        keep(&leaked, p, size);
         pthread_mutex_unlock(&truth_lock);
     }
 }
@@ -120,58 +105,33 @@ static void *worker(void *arg) {
     while (freed < blocks_per_thread)
         freed += free_blocks(take_all(mine, 1));
     pthread_mutex_lock(&truth_lock);
-    passed_made += made;
-    passed_freed += freed;
+    stats.allocations += made;
+    stats.frees += freed;
     pthread_mutex_unlock(&truth_lock);
     return NULL;
 }
 
-static void wait_line(void) {
-    char line[256];
-    if (fgets(line, sizeof line, stdin) == NULL)
-        die("reading go from stdin");
-}
-
 int main(int argc, char **argv) {
-    int wait = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--wait") == 0) {
-            wait = 1;
-        } else if (strcmp(argv[i], "--blocks") == 0 && i + 1 < argc) {
-            blocks_per_thread = strtoul(argv[++i], NULL, 10);
-        } else {
-            fprintf(stderr, "usage: threads [--wait] [--blocks N]\n");
-            return 2;
-        }
-    }
-    if (wait) {
-        printf("ready\n");
-        fflush(stdout);
-        wait_line();
-    }
+    int wait = parse_options(argc, argv, "--blocks", &blocks_per_thread, NULL, NULL);
+    await_go(wait);
 
     pthread_t tids[THREADS];
     for (int i = 0; i < THREADS; i++) {
         pthread_mutex_init(&queues[i].lock, NULL);
         pthread_cond_init(&queues[i].nonempty, NULL);
     }
-    for (long i = 0; i < THREADS; i++)
-        if (pthread_create(&tids[i], NULL, worker, (void *)i) != 0)
+    for (long i = 0; i < THREADS; i++) {
+        int err = pthread_create(&tids[i], NULL, worker, (void *)i);
+        if (err != 0) {
+            errno = err;
             die("pthread_create");
+        }
+    }
     for (int i = 0; i < THREADS; i++)
         pthread_join(tids[i], NULL);
 
-    printf("{\"truth\":{\"function\":\"thread_leak\",\"bytes\":%zu,\"count\":%zu}}\n",
-           leaked_bytes, leaked_count);
-    printf("{\"churn\":{\"function\":\"make_block\",\"allocations\":%lu,\"frees\":%lu}}\n",
-           passed_made, passed_freed);
-    printf("done\n");
-    fflush(stdout);
-
-    if (wait) {
-        char line[256];
-        while (fgets(line, sizeof line, stdin) != NULL) {
-        }
-    }
+    print_truths(&leaked, 1);
+    print_churn("make_block", 0);
+    finish(wait);
     return 0;
 }

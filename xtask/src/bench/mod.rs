@@ -1,23 +1,351 @@
-//! `cargo xtask bench`: leakbpf against no tool, its floor and peer tools.
+//! `cargo xtask bench`: leakbpf against no tool, its floor (the same probes with empty
+//! programs) and peer tools, on the same workloads in one invocation, interleaved.
+//! See docs/benchmarks.md.
 
+mod machine;
 mod peers;
+mod process;
+mod procfs;
+mod report;
+mod results;
+mod scale;
+mod session;
+mod stats;
+mod tools;
+mod workloads;
 
-use std::path::Path;
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use self::{
+    machine::Machine,
+    results::{Collected, Results, ToolResult, WorkloadInfo},
+    tools::{Tool, Toolbox},
+    workloads::{Durations, Workload},
+};
+use crate::{
+    demo,
+    util::{self, header, is_root, try_output},
+};
 
 /// Options of `cargo xtask bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Install and prepare the peer tools, then exit
+    /// Install and prepare the peer tools (apt packages, kernel headers for BCC, tracefs),
+    /// then exit
     #[arg(long)]
     pub setup_peers: bool,
+    /// A smoke run (about 30 s, most of it leakbpf detaching): 1 repetition, short
+    /// loops, only baseline, leakbpf and floor, no scale test
+    #[arg(long, visible_alias = "smoke")]
+    pub quick: bool,
+    /// Repetitions of every run (5 by default, 1 with --quick)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: Option<u32>,
+    /// Only these tools, comma-separated (baseline is always run): baseline, leakbpf,
+    /// floor, memleak, bpftrace, heaptrack, valgrind
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Vec<String>,
+    /// Skip the agent's scale test (1,000,000 allocations over 10,000 stacks)
+    #[arg(long)]
+    pub no_scale: bool,
+    /// Offered load of the production view, in chat messages per second
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
 }
 
-pub fn run(_root: &Path, args: &BenchArgs) -> Result<()> {
+/// Before another attempt at a failed run: a peer's attach can fail while another
+/// tracer holds a uprobe at the same place (BCC, see docs/benchmarks.md).
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+const FULL: Durations = Durations {
+    malloc_free: 1.0,
+    mixed: 1.0,
+    chat: 2.0,
+    fixed_load: 3.0,
+    rate: 0.0,
+};
+const QUICK: Durations = Durations {
+    malloc_free: 0.2,
+    mixed: 0.2,
+    chat: 0.3,
+    fixed_load: 0.5,
+    rate: 0.0,
+};
+
+/// `cargo xtask bench [--setup-peers | --quick | ...]`. Results go to target/bench and,
+/// for a full run of every tool, into docs/benchmarks.md.
+pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     if args.setup_peers {
         return peers::setup();
     }
+    if !is_root() {
+        bail!(
+            "cargo xtask bench needs root: the tools load eBPF programs and the bench reads \
+             their /proc entries; run it as root"
+        );
+    }
+    let started = Instant::now();
+    let tools = chosen_tools(args)?;
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 }) as usize;
+    let durations = Durations {
+        rate: args.rate,
+        ..if args.quick { QUICK } else { FULL }
+    };
+    let out = util::target_dir(root).join("bench");
+    let runs = out.join("runs");
+    if runs.exists() {
+        fs::remove_dir_all(&runs).with_context(|| format!("cannot clear {}", runs.display()))?;
+    }
+
+    header("build leakbpf");
+    let agent = demo::build_agent(root)?;
+    let binaries = workloads::build(root, &out.join("bin"))?;
+    let toolbox = Toolbox {
+        agent: agent.clone(),
+        bpftrace_script: root.join("xtask/bench/leaks.bt"),
+        memleak_shim: root.join("xtask/bench/memleak_shim.py"),
+    };
+    let not_run: BTreeMap<&str, String> = tools
+        .iter()
+        .filter_map(|&t| toolbox.unavailable(t).map(|why| (t.name(), why)))
+        .collect();
+    for (tool, why) in &not_run {
+        println!("{tool}: not run: {why}");
+    }
+
+    let mut collected = Collected::default();
+    for rep in 0..reps {
+        for workload in Workload::ALL {
+            header(&format!(
+                "repetition {}/{reps}: {}",
+                rep + 1,
+                workload.name()
+            ));
+            for &tool in &tools {
+                if not_run.contains_key(tool.name()) || collected.given_up(tool, workload) {
+                    continue;
+                }
+                let dir = runs.join(format!("{}-{}-{}", rep + 1, workload.name(), tool.name()));
+                let plan = Run {
+                    tool,
+                    workload,
+                    durations: &durations,
+                    dir,
+                };
+                plan.run(&toolbox, &binaries, &mut collected);
+            }
+        }
+    }
+
+    let (agent_scale, agent_scale_note) = if args.quick || args.no_scale {
+        (None, Some("skipped (--quick or --no-scale)".to_owned()))
+    } else {
+        scale_test(&agent, &binaries, &runs.join("scale"))
+    };
+
+    let tool_results = summarise(&tools, &collected, &not_run, &toolbox);
+    let targets = results::check_targets(&tool_results, agent_scale.as_ref());
+    let results = Results {
+        schema_version: 1,
+        command: command_line(),
+        date_utc: try_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M"]))
+            .unwrap_or_default(),
+        quick: args.quick,
+        repetitions: reps,
+        machine: Machine::detect(),
+        leakbpf_commit: commit(root),
+        offered_load_msgs_per_s: durations.rate,
+        other_cpu_per_s: collected.other_cpu(),
+        workloads: workload_infos(&binaries, &durations),
+        tools: tool_results,
+        agent_scale,
+        agent_scale_note,
+        targets,
+    };
+    header("results");
+    // Only a full run of every tool stands for the project in the docs.
+    let docs = !args.quick && args.tools.is_empty() && !args.no_scale;
+    report::publish(root, &out, &results, docs)?;
+    println!("bench finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The scale test's result, or why there is none.
+fn scale_test(
+    agent: &Path,
+    binaries: &workloads::Binaries,
+    dir: &Path,
+) -> (Option<scale::ScaleResult>, Option<String>) {
+    match scale::run(agent, binaries, dir) {
+        Ok(result) => (Some(result), None),
+        Err(e) => {
+            let error = format!("{e:#}").replace('\n', " ");
+            println!("agent scale test FAILED: {error}");
+            (None, Some(format!("failed: {error}")))
+        }
+    }
+}
+
+fn workload_infos(binaries: &workloads::Binaries, durations: &Durations) -> Vec<WorkloadInfo> {
+    Workload::ALL
+        .iter()
+        .map(|&w| {
+            let (metric, unit) = w.metric();
+            WorkloadInfo {
+                name: w.name().to_owned(),
+                description: w.description().to_owned(),
+                metric: metric.to_owned(),
+                unit: unit.to_owned(),
+                arguments: binaries.command(w, durations).1,
+            }
+        })
+        .collect()
+}
+
+/// One run of the interleaving: `tool` on `workload`, its files in `dir`.
+struct Run<'a> {
+    tool: Tool,
+    workload: Workload,
+    durations: &'a Durations,
+    dir: PathBuf,
+}
+
+impl Run<'_> {
+    /// Measures, with up to [`results::ATTEMPTS`] attempts, into `collected`.
+    fn run(&self, toolbox: &Toolbox, binaries: &workloads::Binaries, collected: &mut Collected) {
+        let (tool, workload) = (self.tool, self.workload);
+        let (program, args) = binaries.command(workload, self.durations);
+        let loop_s = loop_seconds(workload, self.durations);
+        for attempt in 1..=results::ATTEMPTS {
+            let dir = match attempt {
+                1 => self.dir.clone(),
+                n => self.dir.with_extension(format!("attempt{n}")),
+            };
+            match session::measure(toolbox, tool, &program, &args, loop_s, &dir) {
+                Ok(sample) => {
+                    progress(tool, workload, &sample);
+                    collected.add(tool, workload, sample);
+                    return;
+                }
+                Err(e) => {
+                    let error = format!("{e:#}").replace('\n', " ");
+                    println!("  {:<10} attempt {attempt} FAILED: {error}", tool.name());
+                    collected.attempt_failed(tool, workload, error);
+                    if attempt < results::ATTEMPTS {
+                        thread::sleep(RETRY_PAUSE);
+                    }
+                }
+            }
+        }
+        collected.run_failed(tool, workload);
+    }
+}
+
+fn chosen_tools(args: &BenchArgs) -> Result<Vec<Tool>> {
+    let all: &[Tool] = if args.quick { &Tool::QUICK } else { &Tool::ALL };
+    if args.tools.is_empty() {
+        return Ok(all.to_vec());
+    }
+    let mut chosen = vec![Tool::Baseline];
+    for name in &args.tools {
+        let tool = Tool::parse(name.trim()).with_context(|| {
+            let names: Vec<&str> = Tool::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown tool {name:?}: one of {}", names.join(", "))
+        })?;
+        if !chosen.contains(&tool) {
+            chosen.push(tool);
+        }
+    }
+    // In the fixed order, so the interleaving and the table read the same every time.
+    Ok(Tool::ALL
+        .into_iter()
+        .filter(|t| chosen.contains(t))
+        .collect())
+}
+
+fn loop_seconds(workload: Workload, d: &Durations) -> f64 {
+    match workload {
+        Workload::MallocFree => d.malloc_free,
+        Workload::Mixed => d.mixed,
+        Workload::Chat => d.chat,
+        Workload::ChatFixedLoad => d.fixed_load,
+    }
+}
+
+fn progress(tool: Tool, workload: Workload, sample: &session::Sample) {
+    let (metric, _) = workload.metric();
+    let value = sample.results.get(metric).copied().unwrap_or(f64::NAN);
+    let mut line = format!(
+        "  {:<10} {metric} {:>12}  target {:.3} CPU-s/s",
+        tool.name(),
+        results::num(value),
+        sample.target_cpu_per_s
+    );
+    if let Some(agent) = sample.agent {
+        line.push_str(&format!(
+            "  agent {:.2} CPU-s, {:.1} MB",
+            agent.cpu_s, agent.peak_rss_mb
+        ));
+    }
+    println!("{line}");
+}
+
+fn summarise(
+    tools: &[Tool],
+    collected: &Collected,
+    not_run: &BTreeMap<&str, String>,
+    toolbox: &Toolbox,
+) -> Vec<ToolResult> {
+    let baselines: BTreeMap<&str, _> = Workload::ALL
+        .iter()
+        .map(|&w| (w.name(), collected.summarise(Tool::Baseline, w, None)))
+        .collect();
+    tools
+        .iter()
+        .map(|&tool| ToolResult {
+            tool: tool.name().to_owned(),
+            command: tool.command_line().to_owned(),
+            version: toolbox.version(tool),
+            not_run: not_run.get(tool.name()).cloned(),
+            workloads: Workload::ALL
+                .iter()
+                .map(|&w| {
+                    let base = baselines.get(w.name());
+                    (w.name().to_owned(), collected.summarise(tool, w, base))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// `cargo xtask bench ARGS` as invoked.
+fn command_line() -> String {
+    let args: Vec<String> = env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+/// The commit the agent was built from (`-dirty` with local changes to it).
+fn commit(root: &Path) -> Option<String> {
+    let git = |args: &[&str]| try_output(Command::new("git").current_dir(root).args(args));
+    let hash = git(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "leakbpf",
+        "leakbpf-ebpf",
+        "leakbpf-common",
+    ])
+    .is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{hash}-dirty") } else { hash })
 }

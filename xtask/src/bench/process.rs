@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
@@ -29,6 +30,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command, label: &str) -> Result<Proc> {
+        // SIGINT is how tools are stopped, but a bench started in the background of a
+        // shell without job control inherits it ignored, and Python keeps it so.
+        // SAFETY: signal() is async-signal-safe, as the code between fork and exec must be.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
@@ -66,7 +77,7 @@ impl Proc {
     }
 
     /// Sends `signal` (unless it has exited).
-    pub fn signal(&mut self, signal: libc::c_int) {
+    fn signal(&mut self, signal: libc::c_int) {
         if self.exited().ok().flatten().is_none() {
             let pid = libc::pid_t::try_from(self.pid()).unwrap_or(libc::pid_t::MAX);
             // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
@@ -109,7 +120,8 @@ pub struct WorkloadProc {
 impl WorkloadProc {
     /// Starts `cmd` (stderr to `log`) and waits up to `limit` for its `ready PID` line.
     pub fn start(cmd: &mut Command, log: &Path, limit: Duration) -> Result<WorkloadProc> {
-        let stderr = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let stderr =
+            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -220,10 +232,18 @@ pub fn wait_attached(tool: &mut Proc, log: &Path, marker: &str, limit: Duration)
     let mut last: Option<(usize, Instant)> = None;
     loop {
         if let Some(status) = tool.exited()? {
-            bail!("{} exited ({status}) before attaching{}", tool.label, tail(log));
+            bail!(
+                "{} exited ({status}) before attaching{}",
+                tool.label,
+                tail(log)
+            );
         }
         if start.elapsed() > limit {
-            bail!("{} did not attach within {limit:?}{}", tool.label, tail(log));
+            bail!(
+                "{} did not attach within {limit:?}{}",
+                tool.label,
+                tail(log)
+            );
         }
         seen = seen || fs::read_to_string(log).is_ok_and(|text| text.contains(marker));
         if seen {
@@ -254,4 +274,3 @@ pub fn tail(log: &Path) -> String {
         format!(": {} (in {})", lines[start..].join(" | "), log.display())
     }
 }
-

@@ -44,6 +44,26 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
         .with_context(|| format!("no VmHWM in {path}"))
 }
 
+/// CPU seconds the whole machine has been busy (every CPU: all but idle and iowait).
+pub fn machine_busy_seconds() -> Result<f64> {
+    let text = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = text.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|&(i, _)| i != 3 && i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Ok(busy as f64 / ticks_per_second())
+}
+
 /// `root` and every live process below it.
 pub fn tree(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();

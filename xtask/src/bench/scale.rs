@@ -38,7 +38,7 @@ pub struct ScaleResult {
     pub allocate_s: f64,
     /// Agent CPU seconds of each measured drain-and-report cycle.
     pub cycle_cpu_s: Vec<f64>,
-    pub peak_rss_mib: f64,
+    pub peak_rss_mb: f64,
     /// From the agent's final JSON report.
     pub outstanding_allocations: u64,
     pub dropped_allocations: u64,
@@ -117,7 +117,7 @@ pub fn run(agent: &Path, binaries: &Binaries, dir: &Path) -> Result<ScaleResult>
         cycle_cpu_s.push(after - before);
         before = after;
     }
-    let peak_rss_mib = procfs::peak_rss_kib(proc.pid())? as f64 / 1024.0;
+    let peak_rss_mb = procfs::peak_rss_kib(agent_pid)? as f64 * 1024.0 / 1e6;
     proc.interrupt(LIMIT)?;
     workload.finish(LIMIT)?;
 
@@ -141,7 +141,7 @@ pub fn run(agent: &Path, binaries: &Binaries, dir: &Path) -> Result<ScaleResult>
         stacks: STACKS,
         allocate_s,
         cycle_cpu_s,
-        peak_rss_mib,
+        peak_rss_mb,
         outstanding_allocations: number("/totals/outstanding_allocations"),
         dropped_allocations: number("/counters/dropped_allocations"),
         dropped_sites: number("/counters/dropped_sites"),

@@ -23,8 +23,8 @@ pub struct AgentUse {
     pub cpu_s: f64,
     /// CPU seconds during the timed loop.
     pub loop_cpu_s: f64,
-    /// Peak RSS, summed over its processes, MiB.
-    pub peak_rss_mib: f64,
+    /// Peak RSS (VmHWM), summed over its processes, MB.
+    pub peak_rss_mb: f64,
 }
 
 /// What one run measured.
@@ -36,9 +36,13 @@ pub struct Sample {
     pub target_cpu_per_s: f64,
     /// `None` for no tool, or a tool living inside the workload's process (valgrind).
     pub agent: Option<AgentUse>,
+    /// CPU seconds per second the rest of the machine used during the timed loop: the
+    /// noise, other processes and the kernel's work on behalf of none of the two.
+    pub other_cpu_per_s: f64,
 }
 
 /// Runs `program args` under `tool`, its files in `dir`; `loop_s` is the timed loop.
+/// The run ends when the tool and the workload have exited.
 pub fn measure(
     toolbox: &Toolbox,
     tool: Tool,
@@ -76,10 +80,12 @@ pub fn measure(
         None if tool.mode() == Mode::Launch => Some(workload.proc.pid()),
         None => None,
     };
-    let agent_usage = || agent_root.and_then(|root| procfs::tree_usage(root, workload.pid));
+    let target = workload.pid;
+    let agent_usage = || agent_root.and_then(|root| procfs::tree_usage(root, target));
 
     let agent_before = agent_usage();
-    let cpu_before = procfs::cpu_seconds(workload.pid)?;
+    let busy_before = procfs::machine_busy_seconds()?;
+    let cpu_before = procfs::cpu_seconds(target)?;
     let started = std::time::Instant::now();
     workload.go()?;
     let limit = Duration::from_secs_f64(loop_s) + LOOP_SLACK;
@@ -87,10 +93,12 @@ pub fn measure(
         .results(limit, &workload_log)
         .context("the workload did not finish its timed loop")?;
     let wall = started.elapsed().as_secs_f64();
-    let cpu_after = procfs::cpu_seconds(workload.pid)?;
+    let cpu_after = procfs::cpu_seconds(target)?;
     let agent_after = agent_usage();
+    let busy_after = procfs::machine_busy_seconds()?;
 
     if let Some(mut proc) = agent {
+        // leakbpf's detach takes about 2 s: the kernel waits ~100 ms per uprobe.
         let status = proc.interrupt(STOP_LIMIT)?;
         if !status.success() {
             anyhow::bail!(
@@ -112,13 +120,16 @@ pub fn measure(
         (Some((cpu0, _)), Some((cpu1, rss))) => Some(AgentUse {
             cpu_s: cpu1,
             loop_cpu_s: cpu1 - cpu0,
-            peak_rss_mib: rss as f64 / 1024.0,
+            peak_rss_mb: rss as f64 * 1024.0 / 1e6,
         }),
         _ => None,
     };
+    let agent_loop = agent.map_or(0.0, |a| a.loop_cpu_s);
+    let other = busy_after - busy_before - (cpu_after - cpu_before) - agent_loop;
     Ok(Sample {
         results,
         target_cpu_per_s: (cpu_after - cpu_before) / wall,
         agent,
+        other_cpu_per_s: (other / wall).max(0.0),
     })
 }

@@ -91,7 +91,7 @@ impl Tool {
             Tool::Baseline => "PROGRAM ARGS",
             Tool::Leakbpf => "target/release/leakbpf --pid PID --interval 1s",
             Tool::Floor => "target/release/leakbpf --floor --pid PID --interval 1s",
-            Tool::Memleak => "memleak-bpfcc -p PID 1",
+            Tool::Memleak => "memleak-bpfcc -p PID 1 (run by xtask/bench/memleak_shim.py)",
             Tool::Bpftrace => "bpftrace -p PID leaks.bt (xtask/bench/leaks.bt for PID's libc)",
             Tool::Heaptrack => "heaptrack -o FILE PROGRAM ARGS",
             Tool::Valgrind => {
@@ -116,6 +116,7 @@ impl Tool {
 pub struct Toolbox {
     pub agent: PathBuf,
     pub bpftrace_script: PathBuf,
+    pub memleak_shim: PathBuf,
 }
 
 impl Toolbox {
@@ -169,10 +170,12 @@ impl Toolbox {
                 cmd
             }
             Tool::Memleak => {
-                let mut cmd = Command::new(MEMLEAK);
+                // Through the shim, by the interpreter the script names (see the shim).
+                let script = which(MEMLEAK).context("memleak-bpfcc is not installed")?;
+                let mut cmd = Command::new(interpreter(&script)?);
+                cmd.arg(&self.memleak_shim).arg(script);
                 // Python buffers a redirected stdout: the marker would come late.
-                cmd.env("PYTHONUNBUFFERED", "1")
-                    .args(["-p", &pid_arg, "1"]);
+                cmd.env("PYTHONUNBUFFERED", "1").args(["-p", &pid_arg, "1"]);
                 cmd
             }
             Tool::Bpftrace => {
@@ -222,4 +225,16 @@ impl Toolbox {
         fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// The interpreter on a script's `#!` line.
+fn interpreter(script: &Path) -> Result<PathBuf> {
+    let text =
+        fs::read_to_string(script).with_context(|| format!("cannot read {}", script.display()))?;
+    text.lines()
+        .next()
+        .and_then(|line| line.strip_prefix("#!"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(PathBuf::from)
+        .with_context(|| format!("{} has no #! line", script.display()))
 }

@@ -1,0 +1,310 @@
+//! The results as markdown tables and JSON: printed, written under target/bench, and the
+//! table copied into docs/benchmarks.md.
+
+use std::{fmt::Write as _, fs, path::Path};
+
+use anyhow::{Context, Result};
+
+use super::{
+    results::{Results, ToolResult, WorkloadResult, num},
+    stats::Summary,
+    workloads::Workload,
+};
+
+const BEGIN: &str = "<!-- bench-results:begin (written by `cargo xtask bench`) -->";
+const END: &str = "<!-- bench-results:end -->";
+
+/// The markdown report: machine, tables, targets, tools not run.
+pub fn markdown(results: &Results) -> String {
+    let mut md = String::new();
+    let runs = if results.repetitions == 1 {
+        "1 repetition".to_owned()
+    } else {
+        format!("{} repetitions, interleaved", results.repetitions)
+    };
+    let _ = writeln!(
+        md,
+        "Command: `{}` ({}, {runs}; median (min–max)), {} UTC, leakbpf {}.\n",
+        results.command,
+        if results.quick {
+            "smoke run"
+        } else {
+            "full run"
+        },
+        results.date_utc,
+        results
+            .leakbpf_commit
+            .as_deref()
+            .unwrap_or("unknown commit")
+    );
+    let _ = writeln!(md, "Machine: {}.\n", results.machine.summary());
+    if let Some(other) = &results.other_cpu_per_s {
+        let _ = writeln!(
+            md,
+            "Noise: the rest of the machine used {} CPU-s/s during the median timed loop, {} \
+             at most (of {} cores).\n",
+            num(other.median),
+            num(other.max),
+            results.machine.cores
+        );
+    }
+    main_table(&mut md, results);
+    fixed_load_table(&mut md, results);
+    agent_table(&mut md, results);
+    scale_table(&mut md, results);
+    targets(&mut md, results);
+    tools(&mut md, results);
+    md
+}
+
+fn cell(summary: Option<&Summary>) -> String {
+    match summary {
+        Some(s) if s.samples.len() > 1 => {
+            format!("{} ({}–{})", num(s.median), num(s.min), num(s.max))
+        }
+        Some(s) => num(s.median),
+        None => "—".to_owned(),
+    }
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("—".to_owned(), |r| format!("×{}", num(r)))
+}
+
+fn workload(tool: &ToolResult, w: Workload) -> Option<&WorkloadResult> {
+    tool.workloads.get(w.name())
+}
+
+/// What a tool with no number for `w` shows instead.
+fn missing(tool: &ToolResult, w: Workload) -> Option<&'static str> {
+    if tool.not_run.is_some() {
+        Some("not run")
+    } else if workload(tool, w).is_some_and(|r| r.value.is_none() && r.failed_runs > 0) {
+        Some("failed")
+    } else {
+        None
+    }
+}
+
+fn main_table(md: &mut String, results: &Results) {
+    md.push_str(
+        "| tool | malloc/free ns per pair | × baseline | mixed ns per round | × baseline \
+         | chat messages/s | × baseline | agent CPU s | agent peak RSS MB |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for tool in &results.tools {
+        let mut row = format!("| {} ", tool.tool);
+        for w in [Workload::MallocFree, Workload::Mixed, Workload::Chat] {
+            match missing(tool, w) {
+                Some(why) => {
+                    let _ = write!(row, "| {why} | ");
+                }
+                None => {
+                    let r = workload(tool, w);
+                    let _ = write!(
+                        row,
+                        "| {} | {} ",
+                        cell(r.and_then(|r| r.value.as_ref())),
+                        ratio(r.and_then(|r| r.ratio_to_baseline))
+                    );
+                }
+            }
+        }
+        let chat = workload(tool, Workload::Chat);
+        let _ = writeln!(
+            row,
+            "| {} | {} |",
+            agent_cell(tool, chat.and_then(|r| r.agent_cpu_s.as_ref())),
+            agent_cell(tool, chat.and_then(|r| r.agent_peak_rss_mb.as_ref())),
+        );
+        md.push_str(&row);
+    }
+    md.push_str(
+        "\nAgent CPU s and peak RSS: the tool's own processes on the chat run, from its start \
+         (BCC's compile, bpftrace's and leakbpf's load and attach included) to the end of the \
+         timed loop; peak RSS is VmHWM. heaptrack: its interpreter (the preloaded library's \
+         cost is in the target's numbers). valgrind runs inside the target: its cost is all in \
+         the target's numbers.\n\n",
+    );
+}
+
+fn agent_cell(tool: &ToolResult, summary: Option<&Summary>) -> String {
+    match (tool.tool.as_str(), summary) {
+        ("baseline", _) => "—".to_owned(),
+        ("valgrind", None) => "in target".to_owned(),
+        _ => cell(summary),
+    }
+}
+
+fn fixed_load_table(md: &mut String, results: &Results) {
+    let _ = writeln!(
+        md,
+        "Production view: the chat server at a fixed offered load of {} messages/s. Target \
+         CPU is its utime + stime (/proc/PID/stat) over the timed loop per wall second; extra \
+         is that minus the baseline's.\n",
+        num(results.offered_load_msgs_per_s)
+    );
+    md.push_str(
+        "| tool | achieved messages/s | target CPU-s/s | extra target CPU-s/s | agent CPU-s/s |\n\
+         |---|--:|--:|--:|--:|\n",
+    );
+    for tool in &results.tools {
+        let w = Workload::ChatFixedLoad;
+        if let Some(why) = missing(tool, w) {
+            let _ = writeln!(md, "| {} | {why} | | | |", tool.tool);
+            continue;
+        }
+        let r = workload(tool, w);
+        let extra = r.and_then(|r| r.extra_target_cpu_per_s);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            tool.tool,
+            cell(r.and_then(|r| r.value.as_ref())),
+            cell(r.and_then(|r| r.target_cpu_per_s.as_ref())),
+            extra.map_or("—".to_owned(), |e| format!("{e:+.3}")),
+            agent_cell(tool, r.and_then(|r| r.agent_loop_cpu_per_s.as_ref())),
+        );
+    }
+    md.push('\n');
+}
+
+fn agent_table(md: &mut String, results: &Results) {
+    md.push_str(
+        "Agent cost per workload: CPU s from the tool's start to the end of the timed loop / \
+         peak RSS MB (medians).\n\n| tool | malloc/free | mixed | chat | chat, fixed load |\n\
+         |---|--:|--:|--:|--:|\n",
+    );
+    for tool in results.tools.iter().filter(|t| t.tool != "baseline") {
+        let mut row = format!("| {} ", tool.tool);
+        for w in Workload::ALL {
+            let r = workload(tool, w);
+            let median = |s: Option<&Summary>| s.map(|s| num(s.median));
+            let text = match (
+                median(r.and_then(|r| r.agent_cpu_s.as_ref())),
+                median(r.and_then(|r| r.agent_peak_rss_mb.as_ref())),
+            ) {
+                (Some(cpu), Some(rss)) => format!("{cpu} s / {rss} MB"),
+                _ => missing(tool, w)
+                    .unwrap_or(if tool.tool == "valgrind" {
+                        "in target"
+                    } else {
+                        "—"
+                    })
+                    .to_owned(),
+            };
+            let _ = write!(row, "| {text} ");
+        }
+        row.push_str("|\n");
+        md.push_str(&row);
+    }
+    md.push('\n');
+}
+
+fn scale_table(md: &mut String, results: &Results) {
+    let Some(s) = &results.agent_scale else {
+        let _ = writeln!(
+            md,
+            "Agent at scale: {}.\n",
+            results.agent_scale_note.as_deref().unwrap_or("not run")
+        );
+        return;
+    };
+    let cycles: Vec<String> = s.cycle_cpu_s.iter().map(|c| format!("{c:.3}")).collect();
+    let _ = writeln!(
+        md,
+        "Agent at scale: `{}` on {} outstanding allocations over {} distinct stacks \
+         (xtask/bench/stacks.c).\n\n\
+         | allocating under leakbpf | drain-and-report cycle, agent CPU s | agent peak RSS MB \
+         | outstanding_allocations | dropped_allocations | call sites |\n\
+         |--:|--:|--:|--:|--:|--:|\n\
+         | {:.2} s | {} | {:.1} | {} | {} | {} |\n",
+        s.command,
+        num(f64::from(s.allocations)),
+        num(f64::from(s.stacks)),
+        s.allocate_s,
+        cycles.join(", "),
+        s.peak_rss_mb,
+        s.outstanding_allocations,
+        s.dropped_allocations,
+        s.callsites,
+    );
+}
+
+fn targets(md: &mut String, results: &Results) {
+    md.push_str("Targets (added cost = the tool's median minus the baseline's):\n\n");
+    for check in &results.targets {
+        let _ = writeln!(
+            md,
+            "- {} {}: {}",
+            check.verdict(),
+            check.target,
+            check.detail
+        );
+    }
+    md.push('\n');
+}
+
+fn tools(md: &mut String, results: &Results) {
+    md.push_str("Tools:\n\n");
+    for tool in &results.tools {
+        let version = tool
+            .version
+            .as_deref()
+            .map_or(String::new(), |v| format!(" ({v})"));
+        let status = match &tool.not_run {
+            Some(why) => format!(" — **not run**: {why}"),
+            None => String::new(),
+        };
+        let _ = writeln!(md, "- {}: `{}`{version}{status}", tool.tool, tool.command);
+        for (name, w) in &tool.workloads {
+            if let Some(last) = w.failed_attempts.last() {
+                let _ = writeln!(
+                    md,
+                    "  - on {name}: **{} failed attempt(s)**, {} run(s) lost; the last error: \
+                     {last}",
+                    w.failed_attempts.len(),
+                    w.failed_runs
+                );
+            }
+        }
+    }
+}
+
+/// Writes target/bench/results.{json,md}, prints both, and with `docs` replaces the
+/// results in docs/benchmarks.md.
+pub fn publish(root: &Path, out: &Path, results: &Results, docs: bool) -> Result<()> {
+    let json = serde_json::to_string_pretty(results).context("cannot serialise the results")?;
+    let md = markdown(results);
+    let json_path = out.join("results.json");
+    fs::write(&json_path, format!("{json}\n"))
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let md_path = out.join("results.md");
+    fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    println!("{json}\n");
+    println!("{md}");
+    println!("written: {} and {}", json_path.display(), md_path.display());
+    if docs {
+        let path = root.join("docs/benchmarks.md");
+        update_docs(&path, &md)?;
+        println!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+/// Replaces the text between the markers of `path` (or creates the file).
+fn update_docs(path: &Path, md: &str) -> Result<()> {
+    let block = format!("{BEGIN}\n{md}{END}");
+    let old = fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}{block}{}", &old[..start], &old[end + END.len()..])
+        }
+        _ if old.trim().is_empty() => format!("# leakbpf benchmarks\n\n{block}\n"),
+        _ => format!("{}\n\n{block}\n", old.trim_end()),
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}

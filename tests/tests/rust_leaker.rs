@@ -4,7 +4,8 @@
 //! musl's malloc is then in the program itself (a static PIE), with no libc.so to find.
 
 use leakbpf_tests::{
-    RUST_LEAKER, RUST_LEAKER_MUSL, Report, TargetOutput, require_root, sum, trace_pid, trace_spawn,
+    RUST_LEAKER, RUST_LEAKER_MUSL, Report, TargetOutput, assert_churn_frees_counted,
+    assert_nothing_dropped, require_root, sum, trace_pid, trace_spawn,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -53,26 +54,8 @@ fn assert_rust_run(report: &Report, truth: &TargetOutput) {
         "churn frees everything:\n{}",
         report.describe()
     );
-    let frees = truth.object("churn")["frees"]
-        .as_u64()
-        .expect("churn.frees");
-    assert!(frees >= 500_000, "the target churned too little");
-    assert!(
-        report.counters.frees >= frees,
-        "leakbpf counted {} frees, the churn alone made {frees}:\n{}",
-        report.counters.frees,
-        report.describe()
-    );
-    let counters = report.counters;
-    assert_eq!(
-        (
-            counters.dropped_allocations,
-            counters.dropped_sites,
-            counters.dropped_calls
-        ),
-        (0, 0, 0),
-        "leakbpf dropped events: {counters:?}"
-    );
+    assert_churn_frees_counted(report, truth, 500_000);
+    assert_nothing_dropped(report);
 }
 
 #[test]

@@ -277,9 +277,13 @@ impl Monitor {
             Some(logger) => Some(fd::poll(logger).context("cannot poll the eBPF log")?),
             None => None,
         };
+        // A running process has its libraries mapped already: cache its memory map now,
+        // so its stacks can be named even if it exits before the agent gets to them.
+        self.remember_maps().await?;
         while !self.processes.is_empty() {
             tokio::select! {
                 _ = ticker.tick() => {
+                    self.remember_maps().await?;
                     self.ticks += 1;
                     let last = count.is_some_and(|count| self.ticks >= count);
                     if last {
@@ -332,6 +336,14 @@ impl Monitor {
         }
         for index in 0..self.processes.len() {
             self.report(index, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Caches the memory map of every traced process, for symbolizing after its exit.
+    async fn remember_maps(&self) -> Result<()> {
+        for process in &self.processes {
+            self.symbolizer.remember(process.pid).await?;
         }
         Ok(())
     }

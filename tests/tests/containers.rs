@@ -7,13 +7,25 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use leakbpf_tests::{LEAKER, require_root, trace_pid};
+use leakbpf_tests::{LEAKER, assert_churn_freed, require_root, trace_pid};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 const HOST_LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
 /// A scratch directory removed at the end.
 struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new directory under the system's temporary one, unique to this call.
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
+        Self(dir)
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -25,7 +37,8 @@ impl Drop for Scratch {
 /// mounted over the host's path: same path, another file.
 fn namespaced_leaker(scratch: &Path) -> PathBuf {
     let copy = scratch.join("libc.so.6");
-    fs::copy(HOST_LIBC, &copy).expect("copy libc");
+    fs::copy(HOST_LIBC, &copy)
+        .unwrap_or_else(|err| panic!("copy libc to {}: {err}", copy.display()));
     let script = scratch.join("in-namespace.sh");
     fs::write(
         &script,
@@ -54,8 +67,7 @@ fn mapped_libc_inode(pid: u32) -> u64 {
 #[test]
 fn a_process_with_its_own_libc_file_is_probed_in_that_file() {
     require_root();
-    let scratch = Scratch(std::env::temp_dir().join(format!("leakbpf-ns-{}", std::process::id())));
-    fs::create_dir_all(&scratch.0).expect("scratch dir");
+    let scratch = Scratch::new("leakbpf-ns");
     let script = namespaced_leaker(&scratch.0);
 
     let run = trace_pid(LEAKBPF, script.to_str().unwrap(), &[], &["--top", "1000"]);
@@ -76,20 +88,14 @@ fn a_process_with_its_own_libc_file_is_probed_in_that_file() {
         );
     }
     assert!(run.truth.truths.len() >= 10, "{:?}", run.truth.truths);
-    assert_eq!(
-        report.outstanding_at("churn"),
-        (0, 0),
-        "{}",
-        report.describe()
-    );
+    assert_churn_freed(report);
 }
 
 #[test]
 fn the_namespace_really_swaps_the_libc_file() {
     // Guards the test above: if the bind mount did nothing, it would prove nothing.
     require_root();
-    let scratch = Scratch(std::env::temp_dir().join(format!("leakbpf-ns2-{}", std::process::id())));
-    fs::create_dir_all(&scratch.0).expect("scratch dir");
+    let scratch = Scratch::new("leakbpf-ns");
     let script = namespaced_leaker(&scratch.0);
     let target = leakbpf_tests::Target::start(&script, &[]);
     let host = fs::metadata(HOST_LIBC).expect("host libc").ino();

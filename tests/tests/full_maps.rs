@@ -1,7 +1,7 @@
 //! Maps too small for the target: what does not fit is counted as dropped, in every report
 //! and JSON line, and never reported as freed or as leaked where it was not.
 
-use leakbpf_tests::{LEAKER, require_root, trace_pid};
+use leakbpf_tests::{LEAKER, assert_churn_freed, require_root, trace_pid};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -45,12 +45,7 @@ fn a_full_allocation_map_counts_drops_and_reports_no_more_than_the_truth() {
             report.describe()
         );
     }
-    assert_eq!(
-        report.outstanding_at("churn"),
-        (0, 0),
-        "{}",
-        report.describe()
-    );
+    assert_churn_freed(report);
 }
 
 #[test]
@@ -69,10 +64,5 @@ fn a_full_stack_map_counts_stack_failures_and_keeps_counting_bytes() {
         report.describe()
     );
     assert!(report.callsites.len() <= 4, "{}", report.describe());
-    assert_eq!(
-        report.outstanding_at("churn"),
-        (0, 0),
-        "{}",
-        report.describe()
-    );
+    assert_churn_freed(report);
 }

@@ -16,6 +16,14 @@ const ALLOC_TARGETS: [&str; 6] = [
     "static_glibc",
     "hostile_stack",
 ];
+/// stripped.c stripped: alone, with a debug link, with a build-id debug file; and the
+/// unstripped build they come from.
+const STRIPPED_TARGETS: [&str; 4] = [
+    "stripped_full",
+    "stripped",
+    "stripped_debuglink",
+    "stripped_buildid",
+];
 /// rust_leaker built for musl, statically: only when rustc has that target's standard
 /// library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL` is empty, and the test that
 /// needs it fails saying what to install.
@@ -35,6 +43,7 @@ fn main() {
     let targets: Vec<&str> = TARGETS
         .iter()
         .chain(&ALLOC_TARGETS)
+        .chain(&STRIPPED_TARGETS)
         .chain(musl.then_some(&MUSL_TARGET))
         .copied()
         .collect();

@@ -45,6 +45,14 @@ pub const MIMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_MIMALLOC_LINKED");
 pub const PREFIXED: &str = env!("LEAKBPF_TARGET_PREFIXED");
 pub const STATIC_GLIBC: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC");
 pub const HOSTILE_STACK: &str = env!("LEAKBPF_TARGET_HOSTILE_STACK");
+/// tests/targets/stripped.c stripped of every symbol: alone; with a `.gnu_debuglink` to
+/// `STRIPPED_DEBUGLINK.debug`; with a debug link only build-id lookup resolves, to
+/// `STRIPPED_BUILDID.build-id/XX/YYYY.debug` once installed under /usr/lib/debug. And
+/// the unstripped build the first two are stripped from.
+pub const STRIPPED: &str = env!("LEAKBPF_TARGET_STRIPPED");
+pub const STRIPPED_DEBUGLINK: &str = env!("LEAKBPF_TARGET_STRIPPED_DEBUGLINK");
+pub const STRIPPED_BUILDID: &str = env!("LEAKBPF_TARGET_STRIPPED_BUILDID");
+pub const STRIPPED_FULL: &str = env!("LEAKBPF_TARGET_STRIPPED_FULL");
 /// src/bin/rust_leaker.rs built for x86_64-unknown-linux-musl, statically; empty when
 /// rustc has no standard library for that target (see build.rs).
 pub const RUST_LEAKER_MUSL: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL");

@@ -24,6 +24,10 @@ const STRIPPED_TARGETS: [&str; 4] = [
     "stripped_debuglink",
     "stripped_buildid",
 ];
+/// Names and objects no compiler writes, patched in after linking: hostile symbol names,
+/// and a library broken in ways only a symbolizer notices (its copies are next to it, in
+/// broken_elf.libs).
+const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
 /// rust_leaker built for musl, statically: only when rustc has that target's standard
 /// library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL` is empty, and the test that
 /// needs it fails saying what to install.
@@ -43,6 +47,7 @@ fn main() {
     let targets: Vec<&str> = TARGETS
         .iter()
         .chain(&ALLOC_TARGETS)
+        .chain(&HOSTILE_TARGETS)
         .chain(&STRIPPED_TARGETS)
         .chain(musl.then_some(&MUSL_TARGET))
         .copied()

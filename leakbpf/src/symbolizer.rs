@@ -176,14 +176,35 @@ impl Worker {
         process.perf_map = false;
         match self
             .symbolizer
-            .symbolize(&Source::Process(process), Input::AbsAddr(calls))
+            .symbolize(&Source::Process(process.clone()), Input::AbsAddr(calls))
         {
             Ok(symbolized) => symbolized.into_iter().map(Symbol::of).collect(),
+            // blazesym gives up on the whole batch at the first address it cannot read (an
+            // object with broken section headers or DWARF, a name that is not UTF-8): then
+            // each address alone, so that costs only its own frames.
             Err(err) => {
-                log::debug!("cannot symbolize stacks of pid {pid}: {err}");
-                vec![None; calls.len()]
+                log::debug!("cannot symbolize stacks of pid {pid} together: {err}");
+                calls
+                    .iter()
+                    .map(|&call| self.symbol_alone(&process, call))
+                    .collect()
             }
         }
+    }
+
+    /// The symbol of one address; from the symbol table alone if its DWARF is unreadable.
+    fn symbol_alone(&self, process: &Process, call: u64) -> Option<Symbol> {
+        let mut symbol_table_only = process.clone();
+        symbol_table_only.debug_syms = false;
+        [process.clone(), symbol_table_only]
+            .into_iter()
+            .find_map(|process| {
+                self.symbolizer
+                    .symbolize_single(&Source::Process(process), Input::AbsAddr(call))
+                    .map_err(|err| log::debug!("cannot symbolize {call:#x}: {err}"))
+                    .ok()
+                    .and_then(Symbol::of)
+            })
     }
 
     /// The module and file offset of each of `calls`, while the process is alive.

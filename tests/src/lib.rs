@@ -45,6 +45,12 @@ pub const MIMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_MIMALLOC_LINKED");
 pub const PREFIXED: &str = env!("LEAKBPF_TARGET_PREFIXED");
 pub const STATIC_GLIBC: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC");
 pub const HOSTILE_STACK: &str = env!("LEAKBPF_TARGET_HOSTILE_STACK");
+/// Leaks from functions with hostile names: thousands of characters long, with control
+/// characters, not UTF-8 (tests/targets/hostile_names.c).
+pub const HOSTILE_NAMES: &str = env!("LEAKBPF_TARGET_HOSTILE_NAMES");
+/// Leaks through libbroken_elf.so, which it finds next to itself, intact; broken copies
+/// are in `broken_elf.libs/HOW/` beside it (tests/targets/break_elf.py).
+pub const BROKEN_ELF: &str = env!("LEAKBPF_TARGET_BROKEN_ELF");
 /// tests/targets/stripped.c stripped of every symbol: alone; with a `.gnu_debuglink` to
 /// `STRIPPED_DEBUGLINK.debug`; with a debug link only build-id lookup resolves, to
 /// `STRIPPED_BUILDID.build-id/XX/YYYY.debug` once installed under /usr/lib/debug. And

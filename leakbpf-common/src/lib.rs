@@ -9,18 +9,20 @@
 pub mod map_names {
     /// Outstanding allocations: [`AllocKey`](crate::AllocKey) → [`AllocInfo`](crate::AllocInfo).
     pub const ALLOCS: &str = "ALLOCS";
-    /// Per call site totals: [`SiteKey`](crate::SiteKey) → [`SiteTotals`](crate::SiteTotals).
-    pub const SITE_TOTALS: &str = "SITE_TOTALS";
     /// Captured stacks: stack id → [`StackTrace`](crate::StackTrace).
     pub const STACKS: &str = "STACKS";
+    /// The agent's clock for allocation timestamps: one `u64`, CLOCK_BOOTTIME in ns.
+    pub const CLOCK: &str = "CLOCK";
     /// Event counters, per CPU, indexed by [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "COUNTERS";
     /// The traced processes when there are several: tgid → 1.
     pub const TRACED_PIDS: &str = "TRACED_PIDS";
     /// Allocation calls in flight, per thread: tid → [`Pending`](crate::Pending).
     pub const PENDING: &str = "PENDING";
-    /// Stacks taken in `operator new`, per thread: tid → [`NewMark`](crate::NewMark).
-    pub const NEW_MARKS: &str = "NEW_MARKS";
+    /// Calls made by frameless allocation wrappers (`operator new`), recognised by the
+    /// code around their return address (two little-endian words) → the size of the
+    /// wrapper's frame there, which the stack walk steps over.
+    pub const WRAPPER_CALLS: &str = "WRAPPER_CALLS";
     /// The block each thread released last, when `operator delete` is probed: tid → address.
     pub const LAST_RELEASED: &str = "LAST_RELEASED";
     /// Per-CPU scratch space for the stack being walked.
@@ -33,12 +35,15 @@ pub mod map_names {
 pub mod global_names {
     /// The tgid of the traced process (`u32`); 0 when several are, listed in TRACED_PIDS.
     pub const TARGET_TGID: &str = "TARGET_TGID";
-    /// Non-zero when `operator new` is probed, so `malloc` looks for its stack (`u32`).
-    pub const NEW_PROBED: &str = "NEW_PROBED";
+    /// Non-zero when WRAPPER_CALLS has entries, so the stack walk looks there (`u32`).
+    pub const WRAPPERS: &str = "WRAPPERS";
     /// Non-zero when an allocator's own `operator delete` is probed, which may call the
     /// probed `free` for the block it just released (`u32`).
     pub const DELETE_PROBED: &str = "DELETE_PROBED";
 }
+
+/// How often the agent writes the clock the eBPF side timestamps allocations with.
+pub const CLOCK_TICK_MS: u64 = 10;
 
 /// Deepest user stack the eBPF side walks, in frames.
 pub const MAX_STACK_DEPTH: usize = 64;
@@ -104,16 +109,14 @@ pub enum Counter {
     StackFailures = 3,
     /// Allocations not recorded because the allocation map was full.
     DroppedAllocations = 4,
-    /// Allocations not recorded because the call-site map was full.
-    DroppedSites = 5,
     /// Allocation calls that returned NULL or failed, or whose size overflowed.
-    FailedAllocations = 6,
+    FailedAllocations = 5,
     /// Allocation calls not recorded because the per-thread in-flight map was full.
-    DroppedCalls = 7,
+    DroppedCalls = 6,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 7;
 }
 
 /// Key of an outstanding allocation.
@@ -125,34 +128,16 @@ pub struct AllocKey {
     pub addr: u64,
 }
 
-/// Key of a call site: the process and the id of the stack that allocated.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SiteKey {
-    pub tgid: u32,
-    pub pad: u32,
-    pub stack_id: u64,
-}
-
 /// What is known of one outstanding allocation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AllocInfo {
     pub size: u64,
-    /// `bpf_ktime_get_boot_ns` at allocation: CLOCK_BOOTTIME.
+    /// CLOCK_BOOTTIME at allocation, as the agent last wrote it to the CLOCK map (see
+    /// [`CLOCK_TICK_MS`]).
     pub timestamp_ns: u64,
-    pub site: SiteKey,
-}
-
-/// Outstanding bytes and allocations of one call site, kept up to date by the eBPF side
-/// on every allocation and free, so a drain reads one entry per site. Kept per CPU, so no
-/// update races and none needs an atomic; one CPU's slot may wrap below zero when a block
-/// is freed on another CPU than the one that allocated it, and only the sum is meaningful.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SiteTotals {
-    pub bytes: u64,
-    pub allocations: u64,
+    /// The stack that allocated it: its call site.
+    pub stack_id: u64,
 }
 
 /// A user stack: return addresses, innermost first (the allocation function's caller).
@@ -181,7 +166,7 @@ pub struct Pending {
     pub size: u64,
     /// `realloc`'s old block, or `posix_memalign`'s out-pointer.
     pub arg_ptr: u64,
-    pub site: SiteKey,
+    pub stack_id: u64,
     /// An [`AllocKind`] as `u32`.
     pub kind: u32,
     /// Allocation calls nested inside this one on the same thread (`reallocarray` calling
@@ -194,19 +179,19 @@ pub struct Pending {
     pub pad: u32,
 }
 
-/// The stack taken when a thread entered `operator new`, for the `malloc` it calls.
+/// The frame of a frameless allocation wrapper at one of its calls, for the stack walk
+/// to step over: where the wrapper's own return address is, and its caller's frame
+/// pointer when the wrapper saved it to use the register for something else.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct NewMark {
-    pub stack_id: u64,
-    /// The stack pointer at `operator new`'s entry: the nested `malloc` runs just below it.
-    /// Zero once used: a thread's mark stays in the map and is reused by its next `new`.
-    pub sp: u64,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrapperFrame {
+    /// From the slot of the call's return address to the slot of the wrapper's.
+    pub size: u64,
+    /// From the slot of the wrapper's return address to the saved frame pointer; 0 when
+    /// the wrapper leaves the frame pointer alone (that slot is never 0: it is the
+    /// return address's own).
+    pub saved_fp: i64,
 }
-
-/// How far below `operator new`'s stack pointer its nested `malloc` may run and still be
-/// taken as called by it: operator new's own frame is a few words.
-pub const NEW_MARK_MAX_DISTANCE: u64 = 512;
 
 /// The attach cookie of an entry probe: which [`AllocKind`] the probed function is.
 pub const fn cookie_for(kind: AllocKind) -> u64 {
@@ -215,7 +200,7 @@ pub const fn cookie_for(kind: AllocKind) -> u64 {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, AllocKey, NewMark, NewStack, Pending, SiteKey, SiteTotals, StackTrace};
+    use super::{AllocInfo, AllocKey, NewStack, Pending, StackTrace, WrapperFrame};
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers only, with explicit
     // padding fields, so every bit pattern is valid and no byte is uninitialised.
@@ -223,17 +208,13 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for AllocInfo {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for SiteKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for SiteTotals {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for StackTrace {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for NewMark {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for NewStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WrapperFrame {}
 
     impl StackTrace {
         /// The captured return addresses, innermost first.
@@ -255,12 +236,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<AllocKey>(), 16);
-        assert_eq!(size_of::<SiteKey>(), 16);
-        assert_eq!(size_of::<AllocInfo>(), 32);
-        assert_eq!(size_of::<SiteTotals>(), 16);
-        assert_eq!(size_of::<Pending>(), 48);
-        assert_eq!(size_of::<NewMark>(), 16);
+        assert_eq!(size_of::<AllocInfo>(), 24);
+        assert_eq!(size_of::<Pending>(), 40);
         assert_eq!(size_of::<NewStack>(), 16);
+        assert_eq!(size_of::<WrapperFrame>(), 16);
         assert_eq!(size_of::<StackTrace>(), 8 * (MAX_STACK_DEPTH + 1));
     }
 

@@ -1,6 +1,12 @@
 //! leakbpf's eBPF side: uprobes on the allocation functions record every outstanding
-//! allocation of the traced processes, and keep per call site totals up to date, so the
-//! agent reads one map entry per call site and never sees a per-event message.
+//! allocation of the traced processes with the id of the stack that made it; the agent
+//! sums them per call site when it drains the map, and never sees a per-event message.
+//!
+//! Per-event work is what the traced process pays for, so each path does the fewest map
+//! operations it can: a free is one delete, whose result says whether the block was
+//! known. (Per call site totals kept here would cost a lookup on every free and an
+//! update on every allocation, and the agent must scan the allocations for their ages
+//! anyway.)
 #![no_std]
 #![no_main]
 
@@ -9,24 +15,18 @@ mod stack;
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_ktime_get_boot_ns},
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
-use leakbpf_common::{
-    AllocInfo, AllocKey, AllocKind, Counter, NEW_MARK_MAX_DISTANCE, NewMark, Pending, SiteKey,
-    SiteTotals,
-};
+use leakbpf_common::{AllocInfo, AllocKey, AllocKind, Counter, Pending};
 
 /// The userspace agent sets the real sizes at load time (`--max-allocs`, `--max-stacks`).
 const DEFAULT_ENTRIES: u32 = 1024;
-/// Threads whose in-flight call and `operator new` mark are kept. Entries are reused per
-/// thread and never deleted; LRU maps let those of exited threads make room.
+/// Threads whose in-flight call is kept. Entries are reused per thread and never
+/// deleted; LRU maps let those of exited threads make room.
 const MAX_THREADS: u32 = 65536;
 const EEXIST: i32 = 17;
 
@@ -35,9 +35,6 @@ const EEXIST: i32 = 17;
 /// event would cost tens of nanoseconds.
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
-/// Non-zero when `operator new` is probed; otherwise `malloc` skips looking for its mark.
-#[unsafe(no_mangle)]
-static NEW_PROBED: u32 = 0;
 /// Non-zero when an allocator's own `operator delete` is probed as a free.
 #[unsafe(no_mangle)]
 static DELETE_PROBED: u32 = 0;
@@ -46,9 +43,11 @@ static DELETE_PROBED: u32 = 0;
 static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_ENTRIES, 0);
+/// CLOCK_BOOTTIME in nanoseconds, which the agent writes every few milliseconds: reading
+/// the clock here costs ~45 ns per allocation, reading this ~2, and ages are reported to
+/// a tenth of a second.
 #[map]
-static SITE_TOTALS: PerCpuHashMap<SiteKey, SiteTotals> =
-    PerCpuHashMap::with_max_entries(DEFAULT_ENTRIES, 0);
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 #[map]
@@ -58,8 +57,6 @@ static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_THRE
 /// of an unknown block.
 #[map]
 static LAST_RELEASED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS, 0);
-#[map]
-static NEW_MARKS: LruHashMap<u32, NewMark> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
 /// Entry of every allocation function; the attach cookie says which [`AllocKind`].
 #[uprobe]
@@ -79,15 +76,6 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let _ = try_free_enter(&ctx);
-    0
-}
-
-/// `operator new` and its variants: libstdc++ calls `malloc` from a function without a
-/// frame pointer, so the stack walked inside `malloc` would skip the function that said
-/// `new`. The stack is taken here instead and handed to that nested `malloc`.
-#[uprobe]
-pub fn new_enter(ctx: ProbeContext) -> u32 {
-    let _ = try_new_enter(&ctx);
     0
 }
 
@@ -202,20 +190,11 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
         count(Counter::FailedAllocations);
         return Ok(());
     };
-    // SAFETY: a read-only global, as above.
-    let new_probed = unsafe { core::ptr::read_volatile(&NEW_PROBED) } != 0;
-    let stack_id = new_probed
-        .then(|| stack_of_new(ctx, task.tid))
-        .flatten()
-        .unwrap_or_else(|| stack::capture(ctx, task.tgid));
+    let stack_id = stack::capture(ctx, task.tgid);
     let pending = Pending {
         size,
         arg_ptr,
-        site: SiteKey {
-            tgid: task.tgid,
-            pad: 0,
-            stack_id,
-        },
+        stack_id,
         kind: kind as u32,
         depth: 0,
         active: 1,
@@ -231,22 +210,6 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
         }
     }
     Ok(())
-}
-
-/// The stack `operator new` took for this thread, if this allocation is the one it makes.
-#[inline(always)]
-fn stack_of_new(ctx: &ProbeContext, tid: u32) -> Option<u64> {
-    let mark = NEW_MARKS.get_ptr_mut(&tid)?;
-    // SAFETY: reading a register of the probe's own context.
-    let sp = unsafe { (*ctx.regs).rsp };
-    // SAFETY: only this thread touches its own entry. A mark is one-shot; one left behind
-    // by an `operator new` that did not call `malloc` must not claim an unrelated
-    // allocation, so the caller must run just below it.
-    unsafe {
-        let claimed = covers(&*mark, sp).then_some((*mark).stack_id);
-        (*mark).sp = 0;
-        claimed
-    }
 }
 
 #[inline(always)]
@@ -294,7 +257,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
         }
         return Ok(());
     }
-    record(ctx, task.tgid, block, pending.size, pending.site);
+    record(ctx, task.tgid, block, pending.size, pending.stack_id);
     Ok(())
 }
 
@@ -329,79 +292,12 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn try_new_enter(ctx: &ProbeContext) -> Result<(), ()> {
-    let task = traced_task().ok_or(())?;
-    // SAFETY: reading a register of the probe's own context.
-    let sp = unsafe { (*ctx.regs).rsp };
-    // `new(nothrow)` and `new[]` call plain `operator new`: the outermost one has the
-    // stack of the code that said `new`, the inner one's stack starts inside libstdc++.
-    let slot = NEW_MARKS.get_ptr_mut(&task.tid);
-    // SAFETY: only this thread touches its own entry.
-    if let Some(outer) = slot
-        && covers(unsafe { &*outer }, sp)
-    {
-        return Ok(());
-    }
-    let mark = NewMark {
-        stack_id: stack::capture(ctx, task.tgid),
-        sp,
-    };
-    match slot {
-        // SAFETY: as above.
-        Some(entry) => unsafe { *entry = mark },
-        None => {
-            let _ = NEW_MARKS.insert(&task.tid, &mark, 0);
-        }
-    }
-    Ok(())
-}
-
-/// Whether code running with stack pointer `sp` is inside the `operator new` that left
-/// `mark`: just below its stack pointer.
-#[inline(always)]
-fn covers(mark: &NewMark, sp: u64) -> bool {
-    mark.sp > sp && mark.sp - sp <= NEW_MARK_MAX_DISTANCE
-}
-
-/// The totals of `site`, created empty when missing.
-#[inline(always)]
-fn site_totals(site: &SiteKey) -> Option<*mut SiteTotals> {
-    if let Some(totals) = SITE_TOTALS.get_ptr_mut(site) {
-        return Some(totals);
-    }
-    // Another CPU may create it first: that is as good.
-    let _ = SITE_TOTALS.insert(site, &SiteTotals::default(), u64::from(BPF_NOEXIST));
-    SITE_TOTALS.get_ptr_mut(site)
-}
-
-#[inline(always)]
-fn add_to_site(totals: *mut SiteTotals, bytes: u64, allocations: u64) {
-    // SAFETY: `totals` is this CPU's slot of a map value, valid for the program's run;
-    // eBPF programs do not migrate, so no other writer races with this one. A free on
-    // another CPU than its allocation leaves one slot "negative": the agent sums them.
-    unsafe {
-        (*totals).bytes = (*totals).bytes.wrapping_add(bytes);
-        (*totals).allocations = (*totals).allocations.wrapping_add(allocations);
-    }
-}
-
-#[inline(always)]
-fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, site: SiteKey) {
-    let Some(totals) = site_totals(&site) else {
-        if count(Counter::DroppedSites) == 0 {
-            warn!(
-                ctx,
-                "call-site map full: allocations at new stacks are not recorded; raise --max-stacks"
-            );
-        }
-        return;
-    };
+fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, stack_id: u64) {
     let key = AllocKey { tgid, pad: 0, addr };
     let info = AllocInfo {
         size,
-        // SAFETY: the helper has no preconditions.
-        timestamp_ns: unsafe { bpf_ktime_get_boot_ns() },
-        site,
+        timestamp_ns: CLOCK.get(0).copied().unwrap_or(0),
+        stack_id,
     };
     let mut inserted = ALLOCS.insert(&key, &info, u64::from(BPF_NOEXIST));
     if inserted == Err(-EEXIST) {
@@ -418,7 +314,6 @@ fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, site: SiteKey)
         }
         return;
     }
-    add_to_site(totals, size, 1);
     count(Counter::Allocations);
 }
 
@@ -428,17 +323,9 @@ fn release(tgid: u32, addr: u64) -> bool {
     if addr == 0 {
         return false;
     }
-    let key = AllocKey { tgid, pad: 0, addr };
-    // SAFETY: a plain value copied out of the map.
-    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
+    // Of two racing frees of one block only the one that removes it counts.
+    if ALLOCS.remove(&AllocKey { tgid, pad: 0, addr }).is_err() {
         return false;
-    };
-    // Of two racing frees of one block only the one that removes it subtracts.
-    if ALLOCS.remove(&key).is_err() {
-        return false;
-    }
-    if let Some(totals) = SITE_TOTALS.get_ptr_mut(&info.site) {
-        add_to_site(totals, info.size.wrapping_neg(), u64::MAX);
     }
     count(Counter::Frees);
     true

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     child::{ChildEvent, TracedChild},
-    fd,
+    clock, fd,
     kernel_maps::KernelMaps,
     objects,
     output::{Format, Output},
@@ -159,6 +159,13 @@ fn announce(pid: NonZeroU32, probes: &[Probe], attached: &[Attached], verbose: b
         for attached in attached {
             eprintln!("leakbpf:   {:<11} {}", attached.program, attached.probe);
         }
+        for wrapper in probes.iter().filter(|p| !p.wrapper_calls.is_empty()) {
+            eprintln!(
+                "leakbpf:   stepped over {} ({} calls)",
+                wrapper,
+                wrapper.wrapper_calls.len()
+            );
+        }
     }
 }
 
@@ -289,9 +296,7 @@ impl Monitor {
                     if last {
                         break;
                     }
-                    for index in 0..self.processes.len() {
-                        self.report(index, false).await?;
-                    }
+                    self.report(&self.pids(), false).await?;
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
@@ -310,10 +315,8 @@ impl Monitor {
                         if let Some(ring) = new_stacks.as_mut() {
                             self.symbolize_new(ring.get_mut()).await?;
                         }
-                        if let Some(index) = self.processes.iter().position(|p| p.pid == pid) {
-                            self.report(index, true).await?;
-                            self.processes.remove(index);
-                        }
+                        self.report(&[pid], true).await?;
+                        self.processes.retain(|p| p.pid != pid);
                     }
                 },
                 ready = readable(&mut new_stacks) => {
@@ -334,9 +337,7 @@ impl Monitor {
         if let Some(ring) = new_stacks.as_mut() {
             self.symbolize_new(ring.get_mut()).await?;
         }
-        for index in 0..self.processes.len() {
-            self.report(index, true).await?;
-        }
+        self.report(&self.pids(), true).await?;
         Ok(())
     }
 
@@ -391,40 +392,48 @@ impl Monitor {
         Ok(())
     }
 
-    /// Writes the report on `self.processes[index]`.
-    async fn report(&mut self, index: usize, is_final: bool) -> Result<()> {
-        let pid = self.processes[index].pid;
+    fn pids(&self) -> Vec<NonZeroU32> {
+        self.processes.iter().map(|p| p.pid).collect()
+    }
+
+    /// Writes a report on each of the traced processes `pids`, from one drain.
+    async fn report(&mut self, pids: &[NonZeroU32], is_final: bool) -> Result<()> {
         let counters = self.maps.counters()?;
-        let now_ns = boot_time_ns();
+        let now_ns = clock::boot_time_ns();
         let cutoff = self
             .min_age
             .map(|age| now_ns.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
-        let mut sites = self.maps.sites(pid.get(), cutoff)?;
-        report::rank(&mut sites);
-        self.symbolize(
-            pid,
-            sites.iter().take(self.top).map(|s| s.stack_id).collect(),
-        )
-        .await?;
-        let process = &mut self.processes[index];
-        process.reports += 1;
-        let moment = Moment {
-            pid: pid.get(),
-            number: process.reports,
-            is_final,
-            interval: self.interval,
-            timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            now_ns,
-            counters,
-        };
-        let frames = &self.frames;
-        let report = process.builder.build(moment, sites, self.top, |id| {
-            frames
-                .get(&(pid, id))
-                .cloned()
-                .unwrap_or_else(|| Arc::from(Vec::new()))
-        });
-        self.output.write(&report)?;
+        let mut drained = self.maps.sites(cutoff)?;
+        for &pid in pids {
+            let mut sites = drained.remove(&pid.get()).unwrap_or_default();
+            report::rank(&mut sites);
+            self.symbolize(
+                pid,
+                sites.iter().take(self.top).map(|s| s.stack_id).collect(),
+            )
+            .await?;
+            let Some(process) = self.processes.iter_mut().find(|p| p.pid == pid) else {
+                continue;
+            };
+            process.reports += 1;
+            let moment = Moment {
+                pid: pid.get(),
+                number: process.reports,
+                is_final,
+                interval: self.interval,
+                timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                now_ns,
+                counters,
+            };
+            let frames = &self.frames;
+            let report = process.builder.build(moment, sites, self.top, |id| {
+                frames
+                    .get(&(pid, id))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new()))
+            });
+            self.output.write(&report)?;
+        }
         Ok(())
     }
 }
@@ -437,15 +446,4 @@ async fn readable<T: std::os::fd::AsRawFd>(
         Some(fd) => fd.readable_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// CLOCK_BOOTTIME, the clock of the allocation timestamps.
-fn boot_time_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into a live local; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }

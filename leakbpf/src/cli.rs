@@ -61,7 +61,8 @@ pub struct Cli {
     /// Outstanding allocations the kernel map holds; beyond it they are counted as dropped.
     #[arg(long, default_value = "1000000")]
     pub max_allocs: NonZeroU32,
-    /// Distinct stacks (and call sites) the kernel maps hold.
+    /// Distinct stacks the kernel map holds; beyond it allocations are still counted, at
+    /// call sites without frames.
     #[arg(long, default_value = "65536")]
     pub max_stacks: NonZeroU32,
     /// Also probe the C allocation functions under this prefix, for an allocator built

@@ -13,7 +13,7 @@ use object::{
 };
 
 /// Bytes of a function read for placement: a prologue is a handful of instructions.
-const PROLOGUE_BYTES: u64 = 64;
+pub const PROLOGUE_BYTES: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
@@ -36,6 +36,8 @@ pub struct Function {
     pub address: u64,
     /// Where its first byte is in the file: what a uprobe is attached to.
     pub file_offset: u64,
+    /// Its size in bytes, as its symbol says (0 when unknown).
+    pub size: u64,
     /// Its first bytes, at most [`PROLOGUE_BYTES`], never past its end.
     pub prologue: Vec<u8>,
 }
@@ -52,10 +54,24 @@ impl ElfObject {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self {
-            path: path.to_owned(),
-            data,
-        })
+        Ok(Self::from_bytes(path.to_owned(), data))
+    }
+
+    /// An object already read: `data` is its contents, `path` names it in errors.
+    pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Self {
+        Self { path, data }
+    }
+
+    /// The whole file.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// `length` bytes of the file from `offset`, if it has them all.
+    pub fn bytes(&self, offset: u64, length: u64) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(length).ok()?)?;
+        self.data.get(start..end)
     }
 
     /// The functions among `names` that this object defines, by name. A name versioned
@@ -97,6 +113,7 @@ impl ElfObject {
                 Function {
                     address: symbol.address(),
                     file_offset,
+                    size: symbol.size(),
                     prologue,
                 },
             );
@@ -163,7 +180,8 @@ fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (start, size) = segment.file_range();
         let delta = address.checked_sub(segment.address())?;
-        (delta < size).then_some(start + delta)
+        // The file's own numbers: an offset near 2^64 must not overflow.
+        (delta < size).then(|| start.checked_add(delta)).flatten()
     })
 }
 
@@ -220,6 +238,40 @@ mod tests {
             libc.needed.iter().any(|n| n.starts_with("ld-linux")),
             "{libc:?}"
         );
+    }
+
+    /// An ELF64 header and one `PT_LOAD` program header mapping `size` bytes at file
+    /// `offset` to `address`, nothing else.
+    fn elf_with_segment(address: u64, offset: u64, size: u64) -> Vec<u8> {
+        let mut elf = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec(); // ELF64, LSB
+        elf.extend_from_slice(&3u16.to_le_bytes()); // ET_DYN
+        elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+        for word in [0u64, 64, 0] {
+            elf.extend_from_slice(&word.to_le_bytes()); // e_entry, e_phoff, e_shoff
+        }
+        elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64u16, 56, 1, 64, 0, 0] {
+            elf.extend_from_slice(&half.to_le_bytes()); // sizes, 1 program header
+        }
+        elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf.extend_from_slice(&5u32.to_le_bytes()); // PF_R | PF_X
+        for word in [offset, address, address, size, size, 0x1000] {
+            elf.extend_from_slice(&word.to_le_bytes());
+        }
+        elf
+    }
+
+    #[test]
+    fn a_segment_at_an_absurd_file_offset_gives_no_offset() {
+        // Found by the `elf` fuzz target: the file offset overflowed.
+        let absurd = elf_with_segment(0x1000, u64::MAX - 8, 0x100);
+        let file = object::File::parse(&*absurd).unwrap();
+        assert_eq!(file_offset(&file, 0x1010), None);
+        let sane = elf_with_segment(0x1000, 0x200, 0x100);
+        let file = object::File::parse(&*sane).unwrap();
+        assert_eq!(file_offset(&file, 0x1010), Some(0x210));
+        assert_eq!(file_offset(&file, 0x1100), None);
     }
 
     #[test]

@@ -1,18 +1,17 @@
-//! Reads what the eBPF programs keep: counters, per call site totals, outstanding
-//! allocations and stacks.
+//! Reads what the eBPF programs keep: counters, outstanding allocations and stacks.
 
 use std::{collections::HashMap as StdHashMap, os::fd::AsFd};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
-use leakbpf_common::{AllocInfo, AllocKey, Counter, SiteKey, SiteTotals, StackTrace, map_names};
+use leakbpf_common::{AllocInfo, AllocKey, Counter, StackTrace, map_names};
 use serde::Serialize;
 
 use crate::{batch, tracer::TracerError};
 
-/// Outstanding allocations read per system call: 8192 × 48 bytes of buffer.
+/// Outstanding allocations read per system call: 8192 × 40 bytes of buffer.
 const ALLOCS_PER_READ: usize = 8192;
 
 /// The eBPF side's event counters, summed over CPUs.
@@ -24,7 +23,6 @@ pub struct Counters {
     pub failed_allocations: u64,
     pub stack_failures: u64,
     pub dropped_allocations: u64,
-    pub dropped_sites: u64,
     pub dropped_calls: u64,
 }
 
@@ -35,13 +33,12 @@ pub struct SiteState {
     pub bytes: u64,
     pub allocations: u64,
     /// CLOCK_BOOTTIME of its oldest outstanding allocation.
-    pub oldest_ns: Option<u64>,
+    pub oldest_ns: u64,
 }
 
 pub struct KernelMaps {
     /// Read in batches (see [`batch`]), so kept untyped.
     allocs: MapData,
-    sites: PerCpuHashMap<MapData, SiteKey, SiteTotals>,
     stacks: HashMap<MapData, u64, StackTrace>,
     counters: PerCpuArray<MapData, u64>,
     traced: HashMap<MapData, u32, u32>,
@@ -67,7 +64,6 @@ impl KernelMaps {
                 Some(Map::HashMap(data)) => data,
                 _ => return Err(TracerError::Missing(map_names::ALLOCS)),
             },
-            sites: take(ebpf, map_names::SITE_TOTALS)?,
             stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
             traced: take(ebpf, map_names::TRACED_PIDS)?,
@@ -102,80 +98,44 @@ impl KernelMaps {
             failed_allocations: read(Counter::FailedAllocations)?,
             stack_failures: read(Counter::StackFailures)?,
             dropped_allocations: read(Counter::DroppedAllocations)?,
-            dropped_sites: read(Counter::DroppedSites)?,
             dropped_calls: read(Counter::DroppedCalls)?,
         })
     }
 
-    /// The call sites of `pid` with outstanding allocations.
-    ///
-    /// Bytes and counts come from the per-site totals the eBPF side maintains, unless
-    /// `allocated_before_ns` is set (`--min-age`): then only allocations made before it
-    /// count, which only the allocations themselves can tell. Ages always come from them.
+    /// The call sites with outstanding allocations, per process, from one scan of the
+    /// allocations; with `allocated_before_ns` (`--min-age`), only those made before it.
     pub fn sites(
         &self,
-        pid: u32,
         allocated_before_ns: Option<u64>,
-    ) -> Result<Vec<SiteState>, TracerError> {
-        let mut sites: StdHashMap<u64, SiteState> = StdHashMap::new();
-        if allocated_before_ns.is_none() {
-            for entry in self.sites.iter() {
-                let (key, per_cpu) = entry.map_err(map_error(map_names::SITE_TOTALS))?;
-                if key.tgid != pid {
-                    continue;
-                }
-                let (bytes, allocations) = per_cpu.iter().fold((0u64, 0u64), |(b, a), t| {
-                    (b.wrapping_add(t.bytes), a.wrapping_add(t.allocations))
-                });
-                if allocations != 0 {
-                    sites.insert(
-                        key.stack_id,
-                        SiteState {
-                            stack_id: key.stack_id,
-                            bytes,
-                            allocations,
-                            oldest_ns: None,
-                        },
-                    );
-                }
-            }
-        }
+    ) -> Result<StdHashMap<u32, Vec<SiteState>>, TracerError> {
+        let mut sites: StdHashMap<(u32, u64), SiteState> = StdHashMap::new();
         let scan = batch::for_each::<AllocKey, AllocInfo>(
             self.allocs.fd().as_fd(),
             ALLOCS_PER_READ,
             |key, info| {
-                if key.tgid != pid {
+                if allocated_before_ns.is_some_and(|cutoff| info.timestamp_ns > cutoff) {
                     return;
                 }
-                let site = match allocated_before_ns {
-                    Some(cutoff) if info.timestamp_ns > cutoff => return,
-                    Some(_) => {
-                        let site = sites.entry(info.site.stack_id).or_insert(SiteState {
-                            stack_id: info.site.stack_id,
-                            bytes: 0,
-                            allocations: 0,
-                            oldest_ns: None,
-                        });
-                        site.bytes += info.size;
-                        site.allocations += 1;
-                        site
-                    }
-                    None => match sites.get_mut(&info.site.stack_id) {
-                        Some(site) => site,
-                        None => return,
-                    },
-                };
-                site.oldest_ns = Some(
-                    site.oldest_ns
-                        .map_or(info.timestamp_ns, |t| t.min(info.timestamp_ns)),
-                );
+                let site = sites.entry((key.tgid, info.stack_id)).or_insert(SiteState {
+                    stack_id: info.stack_id,
+                    bytes: 0,
+                    allocations: 0,
+                    oldest_ns: info.timestamp_ns,
+                });
+                site.bytes += info.size;
+                site.allocations += 1;
+                site.oldest_ns = site.oldest_ns.min(info.timestamp_ns);
             },
         );
         scan.map_err(|source| TracerError::Read {
             name: map_names::ALLOCS,
             source,
         })?;
-        Ok(sites.into_values().collect())
+        let mut by_process: StdHashMap<u32, Vec<SiteState>> = StdHashMap::new();
+        for ((tgid, _), site) in sites {
+            by_process.entry(tgid).or_default().push(site);
+        }
+        Ok(by_process)
     }
 
     /// The return addresses of stack `stack_id`, innermost first; None if not stored.

@@ -74,7 +74,7 @@ pub fn of_process(pid: u32) -> Result<Vec<MappedObject>, ObjectsError> {
 }
 
 /// The libraries `LD_PRELOAD` names in a process environment (`/proc/PID/environ`).
-fn preloaded(environ: &[u8]) -> Vec<String> {
+pub fn preloaded(environ: &[u8]) -> Vec<String> {
     environ
         .split(|&byte| byte == 0)
         .find_map(|variable| variable.strip_prefix(b"LD_PRELOAD="))
@@ -177,7 +177,7 @@ pub fn of_command(exe: &Path) -> Result<Vec<MappedObject>, ObjectsError> {
 }
 
 /// The path of a file mapped executable, from a `/proc/PID/maps` line.
-fn executable_mapping(line: &str) -> Option<&Path> {
+pub fn executable_mapping(line: &str) -> Option<&Path> {
     let mut fields = line.splitn(6, ' ');
     let permissions = fields.nth(1)?;
     let path = fields.nth(3)?.trim_start();
@@ -186,7 +186,7 @@ fn executable_mapping(line: &str) -> Option<&Path> {
 
 /// The resolved path from a loader `--list` line: `libc.so.6 => /lib/.../libc.so.6 (0x…)`
 /// or, for the loader itself, `/lib64/ld-linux-x86-64.so.2 (0x…)`.
-fn listed_library(line: &str) -> Option<&str> {
+pub fn listed_library(line: &str) -> Option<&str> {
     let line = line.trim();
     let resolved = line.split_once(" => ").map_or(line, |(_, path)| path);
     let path = resolved

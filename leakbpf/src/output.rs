@@ -105,11 +105,6 @@ pub fn table(report: &Report) -> String {
             "--max-allocs",
         ),
         (
-            c.dropped_sites,
-            "allocations were not recorded: the call-site map is full",
-            "--max-stacks",
-        ),
-        (
             c.dropped_calls,
             "allocation calls were missed: too many threads allocating at once",
             "fewer threads",
@@ -129,9 +124,7 @@ pub fn table(report: &Report) -> String {
         );
     }
     for site in &report.callsites {
-        let oldest = site
-            .oldest_age_s
-            .map_or_else(|| "-".to_owned(), |age| format!("{age:.1}s"));
+        let oldest = format!("{:.1}s", site.oldest_age_s);
         let _ = writeln!(
             out,
             "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>+15}",

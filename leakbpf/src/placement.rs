@@ -45,7 +45,8 @@ const MAX_INSTRUCTIONS: usize = 8;
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```
+/// use leakbpf::placement::{Role, probe_offset};
 /// // test %rdi,%rdi; je +0xbf; push %rbp
 /// let free = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0, 0x55];
 /// assert_eq!(probe_offset(&free, Role::Free), 9);

@@ -6,6 +6,7 @@ use leakbpf_common::AllocKind;
 
 use crate::{
     elf::{ElfError, ElfObject},
+    frameless::{self, WrapperCall},
     objects::MappedObject,
     placement::{self, Role},
 };
@@ -17,8 +18,8 @@ pub enum Probed {
     Free,
     /// `operator new` in one of its forms. Where the object that provides it also
     /// provides `malloc` (jemalloc, tcmalloc, mimalloc) it allocates by itself and is
-    /// probed as an allocation function; otherwise (libstdc++) it calls `malloc`, and its
-    /// probe only takes the stack for that nested call.
+    /// probed as an allocation function; otherwise (libstdc++) it calls `malloc` from a
+    /// frameless function, and is not probed: the stack walk steps over it.
     New,
     /// `operator delete` in one of its forms: probed as a free only where its object
     /// also provides `free`; libstdc++'s calls `free`, which is probed anyway.
@@ -81,6 +82,8 @@ pub struct Probe {
     pub offset: u64,
     /// The probed instruction's offset in the object file.
     pub file_offset: u64,
+    /// For [`Probed::New`]: the calls it makes, for the stack walk to step over.
+    pub wrapper_calls: Vec<WrapperCall>,
 }
 
 impl Probe {
@@ -173,12 +176,17 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
                 Probed::Alloc(_) | Probed::New => Role::Entry,
             };
             let offset = placement::probe_offset(&function.prologue, role);
+            let wrapper_calls = match probed {
+                Probed::New => frameless::calls(&elf, function),
+                _ => Vec::new(),
+            };
             probes.push(Probe {
                 symbols: vec![name.clone()],
                 probed: *probed,
                 object: object.clone(),
                 offset,
                 file_offset: function.file_offset + offset,
+                wrapper_calls,
             });
         }
     }
@@ -196,6 +204,7 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
     probes.retain_mut(|probe| match probe.probed {
         Probed::New if probe.object == malloc => {
             probe.probed = Probed::Alloc(AllocKind::Malloc);
+            probe.wrapper_calls.clear();
             true
         }
         Probed::Delete => probe.object == free,

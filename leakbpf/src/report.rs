@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Bumped on any change a consumer of the JSON lines would notice.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -46,7 +46,7 @@ pub struct Callsite {
     pub allocations: u64,
     pub average_size: u64,
     /// Age of the oldest outstanding allocation, in seconds.
-    pub oldest_age_s: Option<f64>,
+    pub oldest_age_s: f64,
     /// Change since the previous report (all of it for the first).
     pub growth_bytes: i64,
     pub growth_allocations: i64,
@@ -107,9 +107,10 @@ impl ReportBuilder {
                     bytes: site.bytes,
                     allocations: site.allocations,
                     average_size: site.bytes / site.allocations.max(1),
-                    oldest_age_s: site.oldest_ns.map(|oldest| {
-                        Duration::from_nanos(moment.now_ns.saturating_sub(oldest)).as_secs_f64()
-                    }),
+                    oldest_age_s: Duration::from_nanos(
+                        moment.now_ns.saturating_sub(site.oldest_ns),
+                    )
+                    .as_secs_f64(),
                     growth_bytes: difference(site.bytes, bytes_before),
                     growth_allocations: difference(site.allocations, allocations_before),
                     frames: frames(site.stack_id),
@@ -169,7 +170,7 @@ mod tests {
             stack_id,
             bytes,
             allocations,
-            oldest_ns: Some(4_000_000_000),
+            oldest_ns: 4_000_000_000,
         }
     }
 
@@ -193,7 +194,7 @@ mod tests {
         assert_eq!(report.totals.outstanding_bytes, 600);
         assert_eq!(report.totals.outstanding_allocations, 8);
         assert_eq!(report.totals.callsites, 3);
-        assert_eq!(report.callsites[0].oldest_age_s, Some(6.0));
+        assert_eq!(report.callsites[0].oldest_age_s, 6.0);
     }
 
     #[test]
@@ -224,7 +225,7 @@ mod tests {
         let mut builder = ReportBuilder::default();
         let report = builder.build(moment(1), vec![site(0x1f, 10, 2)], 10, no_frames);
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["schema_version"], 2);
         assert_eq!(json["final"], false);
         assert_eq!(json["callsites"][0]["stack_id"], "0x1f");
         assert_eq!(json["callsites"][0]["average_size"], 5);

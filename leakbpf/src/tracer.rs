@@ -7,15 +7,16 @@ use std::num::NonZeroU32;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::MapError,
+    maps::{HashMap, MapError},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use leakbpf_common::{cookie_for, global_names, map_names};
+use leakbpf_common::{WrapperFrame, cookie_for, global_names, map_names};
 
 use crate::{
+    clock::Clock,
     kernel_maps::KernelMaps,
     probes::{Probe, Probed},
 };
@@ -27,7 +28,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/leakbpf.bpf.o");
 const ALLOC_ENTER: &str = "alloc_enter";
 const ALLOC_EXIT: &str = "alloc_exit";
 const FREE_ENTER: &str = "free_enter";
-const NEW_ENTER: &str = "new_enter";
 const FLOOR_ENTER: &str = "floor_enter";
 const FLOOR_EXIT: &str = "floor_exit";
 
@@ -64,6 +64,8 @@ pub enum TracerError {
         name: &'static str,
         source: MapError,
     },
+    #[error("cannot start the clock thread")]
+    Clock(#[source] std::io::Error),
     #[error("cannot read eBPF map {name}")]
     Read {
         name: &'static str,
@@ -79,6 +81,7 @@ pub struct Attached {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    _clock: Clock,
 }
 
 impl Tracer {
@@ -88,8 +91,9 @@ impl Tracer {
         pids: &[NonZeroU32],
         probes: &[Probe],
     ) -> Result<(Self, KernelMaps), TracerError> {
-        let probed = |kind| u32::from(probes.iter().any(|p| p.probed == kind));
-        let (new_probed, delete_probed) = (probed(Probed::New), probed(Probed::Delete));
+        let delete_probed = u32::from(probes.iter().any(|p| p.probed == Probed::Delete));
+        let wrapper_calls: Vec<_> = probes.iter().flat_map(|p| &p.wrapper_calls).collect();
+        let wrappers = u32::from(!wrapper_calls.is_empty());
         // One process is told apart by a constant; several by a lookup in TRACED_PIDS.
         let target = match pids {
             [pid] => pid.get(),
@@ -97,27 +101,43 @@ impl Tracer {
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::TARGET_TGID, &target, true)
-            .override_global(global_names::NEW_PROBED, &new_probed, true)
+            .override_global(global_names::WRAPPERS, &wrappers, true)
             .override_global(global_names::DELETE_PROBED, &delete_probed, true)
             .map_max_entries(map_names::ALLOCS, capacity.allocations)
             .map_max_entries(map_names::STACKS, capacity.stacks)
-            .map_max_entries(map_names::SITE_TOTALS, capacity.stacks)
             .load(OBJECT)
             .map_err(TracerError::Load)?;
-        for name in [
-            ALLOC_ENTER,
-            ALLOC_EXIT,
-            FREE_ENTER,
-            NEW_ENTER,
-            FLOOR_ENTER,
-            FLOOR_EXIT,
-        ] {
+        for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, FLOOR_ENTER, FLOOR_EXIT] {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|source| TracerError::Program { name, source })?;
         }
+        let name = map_names::WRAPPER_CALLS;
+        let mut calls: HashMap<_, [u64; 2], WrapperFrame> = ebpf
+            .map_mut(name)
+            .ok_or(TracerError::Missing(name))?
+            .try_into()
+            .map_err(|source| TracerError::Map { name, source })?;
+        for call in wrapper_calls {
+            calls
+                .insert(call.code, call.frame, 0)
+                .map_err(|source| TracerError::Map { name, source })?;
+        }
+        let name = map_names::CLOCK;
+        let clock = ebpf
+            .take_map(name)
+            .ok_or(TracerError::Missing(name))?
+            .try_into()
+            .map_err(|source| TracerError::Map { name, source })?;
+        let clock = Clock::start(clock).map_err(TracerError::Clock)?;
         let maps = KernelMaps::take(&mut ebpf)?;
-        Ok((Self { ebpf }, maps))
+        Ok((
+            Self {
+                ebpf,
+                _clock: clock,
+            },
+            maps,
+        ))
     }
 
     /// The eBPF side's own log, shown by `--verbose`.
@@ -138,7 +158,8 @@ impl Tracer {
             let (entry, cookie) = match probe.probed {
                 Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
                 Probed::Free | Probed::Delete => (FREE_ENTER, None),
-                Probed::New => (NEW_ENTER, None),
+                // Stepped over by the stack walk instead (see `frameless`).
+                Probed::New => continue,
             };
             let mut programs = vec![(entry, cookie)];
             if matches!(probe.probed, Probed::Alloc(_)) {

@@ -34,7 +34,6 @@
 
 namespace {
 
-constexpr uint64_t kMessagesPerUser = 3;
 constexpr size_t kOnline = 12;
 const char* const kRooms[] = {"lobby", "rust", "cpp", "ebpf", "random"};
 
@@ -73,6 +72,7 @@ int main(int argc, char** argv) {
     const double seconds = bench_arg(argc, argv, "--seconds", 1.0);
     const double rate = bench_arg(argc, argv, "--rate", 0.0);
     const int work = static_cast<int>(bench_arg(argc, argv, "--work", 32));
+    const auto per_user = static_cast<uint64_t>(bench_arg(argc, argv, "--messages-per-user", 3));
     bench_ready();
 
     Server server(false);
@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
         uint64_t id = server.handleJoin(name, kRooms[joined % std::size(kRooms)]);
         ++joined;
         online.push_back(id);
-        for (uint64_t m = 0; m < kMessagesPerUser; ++m) {
+        for (uint64_t m = 0; m < per_user; ++m) {
             if (rate > 0) wait_until(start + static_cast<double>(messages) / rate);
             server.handleMessage(id, "message " + std::to_string(m) + ", hello everyone!");
             encode_frame(id, m, work);

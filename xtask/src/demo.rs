@@ -28,6 +28,23 @@ pub fn build_agent(root: &Path) -> Result<PathBuf> {
     Ok(agent)
 }
 
+/// Builds the demo chat server (tests/targets/chat_server.cpp) into target/demo; returns
+/// its path.
+pub fn build_chat_server(root: &Path) -> Result<PathBuf> {
+    header("build the demo chat server");
+    let out = util::target_dir(root).join("demo");
+    let mut out_arg = OsString::from("OUT=");
+    out_arg.push(&out);
+    util::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(root.join("tests/targets"))
+            .arg(out_arg)
+            .arg("chat_server"),
+    )?;
+    Ok(out.join("chat_server"))
+}
+
 /// `cargo xtask run -- ARGS`: the release agent, as root, with `args`; returns its exit code.
 pub fn run(root: &Path, args: &[OsString]) -> Result<u8> {
     let agent = build_agent(root)?;
@@ -44,18 +61,7 @@ pub fn demo(root: &Path) -> Result<u8> {
     header("build leakbpf");
     let agent = build_agent(root)?;
 
-    header("build the demo chat server");
-    let out = util::target_dir(root).join("demo");
-    let mut out_arg = OsString::from("OUT=");
-    out_arg.push(&out);
-    util::run(
-        Command::new("make")
-            .arg("-C")
-            .arg(root.join("tests/targets"))
-            .arg(out_arg)
-            .arg("chat_server"),
-    )?;
-    let server = out.join("chat_server");
+    let server = build_chat_server(root)?;
 
     header("leakbpf on the chat server (leaks on purpose), 7 s");
     let leaky = profile(root, &agent, &server, &["--duration", "7"])?;

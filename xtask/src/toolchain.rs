@@ -192,12 +192,7 @@ impl EbpfToolchain {
     /// A command with the calling cargo's build settings removed and `bpf-linker` in `PATH`.
     fn command(&self, program: impl Into<OsString>) -> Result<Command> {
         let mut cmd = Command::new(program.into());
-        for (key, _) in env::vars_os() {
-            let Some(key) = key.to_str() else { continue };
-            if BUILD_ENV.contains(&key) || BUILD_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
-                cmd.env_remove(key);
-            }
-        }
+        clear_build_env(&mut cmd);
         let linker_dir = self
             .bpf_linker
             .parent()
@@ -247,6 +242,17 @@ impl EbpfToolchain {
             .to_owned();
         let linker = util::output(Command::new(&self.bpf_linker).arg("--version"))?;
         Ok(format!("{rustc}\n{llvm}\n{linker}\n"))
+    }
+}
+
+/// Removes the calling cargo's build settings from `cmd`'s environment, for a nested
+/// build with another toolchain or other flags.
+pub fn clear_build_env(cmd: &mut Command) {
+    for (key, _) in env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if BUILD_ENV.contains(&key) || BUILD_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(key);
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: leakbpf against no tool, its floor (the same probes with empty
 //! programs) and peer tools, on the same workloads in one invocation, interleaved.
-//! See docs/benchmarks.md.
+//! See docs/benchmarks.md. Opt-in, instead: `--fuzz` (docs/fuzzing.md) and `--soak`
+//! (docs/soak.md).
 
+mod fuzz;
 mod machine;
 mod peers;
 mod process;
@@ -10,6 +12,7 @@ mod report;
 mod results;
 mod scale;
 mod session;
+mod soak;
 mod stats;
 mod tools;
 mod workloads;
@@ -61,7 +64,21 @@ pub struct BenchArgs {
     /// Offered load of the production view, in chat messages per second
     #[arg(long, default_value_t = 20_000.0)]
     pub rate: f64,
+    /// Instead of the comparison: run every fuzz target (fuzz/, cargo-fuzz on nightly)
+    /// for SECS seconds each; fails on a crash
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..),
+          conflicts_with_all = COMPARISON)]
+    pub fuzz: Option<u64>,
+    /// Instead of the comparison: the chat-server demo under leakbpf for MINUTES (10
+    /// when not given) at full load; fails unless the agent's RSS and call sites stay
+    /// flat and the final figures match the target's own
+    #[arg(long, value_name = "MINUTES", num_args = 0..=1, default_missing_value = "10",
+          value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = COMPARISON)]
+    pub soak: Option<u64>,
 }
+
+/// The options of the comparison, which `--fuzz` and `--soak` replace.
+const COMPARISON: [&str; 5] = ["setup_peers", "quick", "reps", "tools", "no_scale"];
 
 /// Before another attempt at a failed run: a peer's attach can fail while another
 /// tracer holds a uprobe at the same place (BCC, see docs/benchmarks.md).
@@ -88,12 +105,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     if args.setup_peers {
         return peers::setup();
     }
-    if !is_root() {
-        bail!(
-            "cargo xtask bench needs root: the tools load eBPF programs and the bench reads \
-             their /proc entries; run it as root"
-        );
+    if args.fuzz.is_some() || args.soak.is_some() {
+        return robustness(root, args);
     }
+    require_root()?;
     let started = Instant::now();
     let tools = chosen_tools(args)?;
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 }) as usize;
@@ -158,8 +173,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let results = Results {
         schema_version: 1,
         command: command_line(),
-        date_utc: try_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M"]))
-            .unwrap_or_default(),
+        date_utc: date_utc(),
         quick: args.quick,
         repetitions: reps,
         machine: Machine::detect(),
@@ -177,6 +191,28 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let docs = !args.quick && args.tools.is_empty() && !args.no_scale;
     report::publish(root, &out, &results, docs)?;
     println!("bench finished in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask bench needs root: the tools load eBPF programs and the bench reads \
+             their /proc entries; run it as root"
+        );
+    }
+    Ok(())
+}
+
+/// `--fuzz` (no root needed), then `--soak`.
+fn robustness(root: &Path, args: &BenchArgs) -> Result<()> {
+    if let Some(seconds) = args.fuzz {
+        fuzz::run(root, seconds)?;
+    }
+    if let Some(minutes) = args.soak {
+        require_root()?;
+        soak::run(root, minutes)?;
+    }
     Ok(())
 }
 
@@ -332,6 +368,11 @@ fn summarise(
 fn command_line() -> String {
     let args: Vec<String> = env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
+}
+
+/// Now, UTC, to the minute.
+fn date_utc() -> String {
+    try_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M"])).unwrap_or_default()
 }
 
 /// The commit the agent was built from (`-dirty` with local changes to it).

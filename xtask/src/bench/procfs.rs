@@ -1,4 +1,4 @@
-//! What the bench reads about processes from /proc: CPU time, peak RSS, process trees,
+//! What the bench reads about processes from /proc: CPU time, RSS, process trees,
 //! perf-event file descriptors.
 
 use std::{collections::HashMap, fs};
@@ -36,12 +36,22 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Peak resident set size of `pid` in KiB (VmHWM from /proc/PID/status).
 pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// Resident set size of `pid` now, in KiB (VmRSS from /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A `FIELD: N kB` line of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// CPU seconds the whole machine has been busy (every CPU: all but idle and iowait).

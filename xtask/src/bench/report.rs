@@ -1,9 +1,10 @@
-//! The results as markdown tables and JSON: printed, written under target/bench, and the
-//! table copied into docs/benchmarks.md.
+//! The results as markdown tables and JSON: printed, written under target/bench, and
+//! copied into the docs (the comparison's into docs/benchmarks.md).
 
 use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use super::{
     results::{Results, ToolResult, WorkloadResult, num},
@@ -11,8 +12,21 @@ use super::{
     workloads::Workload,
 };
 
-const BEGIN: &str = "<!-- bench-results:begin (written by `cargo xtask bench`) -->";
-const END: &str = "<!-- bench-results:end -->";
+/// A part of the docs that a run's results replace: the text between two markers.
+pub struct DocBlock {
+    /// Relative to the repository root.
+    pub file: &'static str,
+    /// The markers are `<!-- NAME:begin ... -->` and `<!-- NAME:end -->`.
+    pub name: &'static str,
+    /// The heading of the file, when the run creates it.
+    pub title: &'static str,
+}
+
+const BENCHMARKS: DocBlock = DocBlock {
+    file: "docs/benchmarks.md",
+    name: "bench-results",
+    title: "leakbpf benchmarks",
+};
 
 /// The markdown report: machine, tables, targets, tools not run.
 pub fn markdown(results: &Results) -> String {
@@ -274,33 +288,59 @@ fn tools(md: &mut String, results: &Results) {
 /// Writes target/bench/results.{json,md}, prints both, and with `docs` replaces the
 /// results in docs/benchmarks.md.
 pub fn publish(root: &Path, out: &Path, results: &Results, docs: bool) -> Result<()> {
-    let json = serde_json::to_string_pretty(results).context("cannot serialise the results")?;
     let md = markdown(results);
-    let json_path = out.join("results.json");
+    write(
+        root,
+        out,
+        "results",
+        results,
+        &md,
+        docs.then_some(&BENCHMARKS),
+    )
+}
+
+/// Writes `out/STEM.json` and `out/STEM.md`, prints both, and with `doc` replaces that
+/// block of the docs with `md`.
+pub fn write(
+    root: &Path,
+    out: &Path,
+    stem: &str,
+    results: &impl Serialize,
+    md: &str,
+    doc: Option<&DocBlock>,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(results).context("cannot serialise the results")?;
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let json_path = out.join(format!("{stem}.json"));
     fs::write(&json_path, format!("{json}\n"))
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let md_path = out.join("results.md");
-    fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    let md_path = out.join(format!("{stem}.md"));
+    fs::write(&md_path, md).with_context(|| format!("cannot write {}", md_path.display()))?;
     println!("{json}\n");
     println!("{md}");
     println!("written: {} and {}", json_path.display(), md_path.display());
-    if docs {
-        let path = root.join("docs/benchmarks.md");
-        update_docs(&path, &md)?;
+    if let Some(doc) = doc {
+        let path = root.join(doc.file);
+        update_docs(&path, doc, md)?;
         println!("updated {}", path.display());
     }
     Ok(())
 }
 
-/// Replaces the text between the markers of `path` (or creates the file).
-fn update_docs(path: &Path, md: &str) -> Result<()> {
-    let block = format!("{BEGIN}\n{md}{END}");
+/// Replaces the text between the markers of `doc` in `path` (or creates the file).
+fn update_docs(path: &Path, doc: &DocBlock, md: &str) -> Result<()> {
+    let begin = format!(
+        "<!-- {}:begin (written by `cargo xtask bench`) -->",
+        doc.name
+    );
+    let end = format!("<!-- {}:end -->", doc.name);
+    let block = format!("{begin}\n{md}{end}");
     let old = fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(start), Some(end)) if start < end => {
-            format!("{}{block}{}", &old[..start], &old[end + END.len()..])
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(start), Some(stop)) if start < stop => {
+            format!("{}{block}{}", &old[..start], &old[stop + end.len()..])
         }
-        _ if old.trim().is_empty() => format!("# leakbpf benchmarks\n\n{block}\n"),
+        _ if old.trim().is_empty() => format!("# {}\n\n{block}\n", doc.title),
         _ => format!("{}\n\n{block}\n", old.trim_end()),
     };
     if let Some(dir) = path.parent() {

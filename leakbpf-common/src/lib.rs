@@ -17,8 +17,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     /// The traced processes when there are several: tgid → 1.
     pub const TRACED_PIDS: &str = "TRACED_PIDS";
-    /// Allocation calls in flight, per thread: tid → [`Pending`](crate::Pending).
-    pub const PENDING: &str = "PENDING";
+    /// Allocation calls in flight, an array indexed by thread id →
+    /// [`Pending`](crate::Pending); the agent sizes it ([`MAX_CALL_SLOTS`](crate::MAX_CALL_SLOTS)).
+    pub const CALL_SLOTS: &str = "CALL_SLOTS";
     /// Calls made by frameless allocation wrappers (`operator new`), recognised by the
     /// code around their return address (two little-endian words) → the size of the
     /// wrapper's frame there, which the stack walk steps over.
@@ -44,6 +45,10 @@ pub mod global_names {
 
 /// How often the agent writes the clock the eBPF side timestamps allocations with.
 pub const CLOCK_TICK_MS: u64 = 10;
+
+/// The most thread ids the in-flight call array covers (5 MiB): beyond, a thread's call
+/// is kept in a hash, which costs more per allocation.
+pub const MAX_CALL_SLOTS: u32 = 1 << 17;
 
 /// Deepest user stack the eBPF side walks, in frames.
 pub const MAX_STACK_DEPTH: usize = 64;

@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod calls;
 mod stack;
 
 use aya_ebpf::{
@@ -25,8 +26,8 @@ use leakbpf_common::{AllocInfo, AllocKey, AllocKind, Counter, Pending};
 
 /// The userspace agent sets the real sizes at load time (`--max-allocs`, `--max-stacks`).
 const DEFAULT_ENTRIES: u32 = 1024;
-/// Threads whose in-flight call is kept. Entries are reused per thread and never
-/// deleted; LRU maps let those of exited threads make room.
+/// Threads whose last release is kept. Entries are reused per thread and never
+/// deleted; an LRU map lets those of exited threads make room.
 const MAX_THREADS: u32 = 65536;
 const EEXIST: i32 = 17;
 
@@ -50,8 +51,6 @@ static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_
 static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-#[map]
-static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 /// The block each thread released last, kept only when `operator delete` is probed: a
 /// delete that calls the probed `free` for the same block is one free, not a second one
 /// of an unknown block.
@@ -164,14 +163,15 @@ fn product(n: u64, size: u64) -> Option<u64> {
 #[inline(always)]
 fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
     let task = traced_task().ok_or(())?;
-    let slot = PENDING.get_ptr_mut(&task.tid);
-    if let Some(outer) = slot {
-        // SAFETY: only this thread touches its own entry.
-        unsafe {
-            if (*outer).active != 0 {
-                (*outer).depth += 1;
-                return Ok(());
-            }
+    let Some(slot) = calls::slot(task.tid) else {
+        count(Counter::DroppedCalls);
+        return Ok(());
+    };
+    // SAFETY: only this thread touches its own slot.
+    unsafe {
+        if (*slot).active != 0 {
+            (*slot).depth += 1;
+            return Ok(());
         }
     }
     // SAFETY: the helper only reads the program's attach cookie.
@@ -200,15 +200,8 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
         active: 1,
         pad: 0,
     };
-    match slot {
-        // SAFETY: only this thread touches its own entry.
-        Some(entry) => unsafe { *entry = pending },
-        None => {
-            if PENDING.insert(&task.tid, &pending, 0).is_err() {
-                count(Counter::DroppedCalls);
-            }
-        }
-    }
+    // SAFETY: only this thread touches its own slot.
+    unsafe { *slot = pending };
     Ok(())
 }
 
@@ -216,18 +209,18 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
 fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
     // Only traced threads have an entry: no need to check the process again.
     let task = current_task();
-    let pending_ptr = PENDING.get_ptr_mut(&task.tid).ok_or(())?;
-    // SAFETY: only this thread touches its own entry.
+    let slot = calls::existing(task.tid).ok_or(())?;
+    // SAFETY: only this thread touches its own slot.
     let pending = unsafe {
-        if (*pending_ptr).active == 0 {
+        if (*slot).active == 0 {
             return Ok(());
         }
-        if (*pending_ptr).depth > 0 {
-            (*pending_ptr).depth -= 1;
+        if (*slot).depth > 0 {
+            (*slot).depth -= 1;
             return Ok(());
         }
-        (*pending_ptr).active = 0;
-        *pending_ptr
+        (*slot).active = 0;
+        *slot
     };
     let ret: u64 = ctx.ret();
     let kind = AllocKind::from_u32(pending.kind).ok_or(())?;

@@ -13,7 +13,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use leakbpf_common::{WrapperFrame, cookie_for, global_names, map_names};
+use leakbpf_common::{MAX_CALL_SLOTS, WrapperFrame, cookie_for, global_names, map_names};
 
 use crate::{
     clock::Clock,
@@ -105,6 +105,7 @@ impl Tracer {
             .override_global(global_names::DELETE_PROBED, &delete_probed, true)
             .map_max_entries(map_names::ALLOCS, capacity.allocations)
             .map_max_entries(map_names::STACKS, capacity.stacks)
+            .map_max_entries(map_names::CALL_SLOTS, call_slots())
             .load(OBJECT)
             .map_err(TracerError::Load)?;
         for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, FLOOR_ENTER, FLOOR_EXIT] {
@@ -193,6 +194,14 @@ impl Tracer {
         }
         Ok(attached)
     }
+}
+
+/// Elements of the in-flight call array: one per possible thread id, within a bound.
+fn call_slots() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|max| max.trim().parse::<u32>().ok())
+        .map_or(MAX_CALL_SLOTS, |max| max.min(MAX_CALL_SLOTS))
 }
 
 /// The OS error code at the root of `err`, if any.

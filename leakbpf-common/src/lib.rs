@@ -13,9 +13,14 @@ pub mod map_names {
     pub const STACKS: &str = "STACKS";
     /// The agent's clock for allocation timestamps: one `u64`, CLOCK_BOOTTIME in ns.
     pub const CLOCK: &str = "CLOCK";
-    /// Event counters, per CPU, indexed by [`Counter`](crate::Counter).
+    /// Event counters of the one traced process, per CPU, indexed by
+    /// [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "COUNTERS";
-    /// The traced processes when there are several: tgid → 1.
+    /// Event counters when several processes are traced, per CPU: tgid →
+    /// [`ProcessCounters`](crate::ProcessCounters).
+    pub const PROCESS_COUNTERS: &str = "PROCESS_COUNTERS";
+    /// The traced processes when there are several: tgid → 1. Kept up to date by the
+    /// fork and exit tracepoints with `--follow-forks`.
     pub const TRACED_PIDS: &str = "TRACED_PIDS";
     /// Allocation calls in flight, an array indexed by thread id →
     /// [`Pending`](crate::Pending); the agent sizes it ([`MAX_CALL_SLOTS`](crate::MAX_CALL_SLOTS)).
@@ -24,24 +29,42 @@ pub mod map_names {
     /// code around their return address (two little-endian words) → the size of the
     /// wrapper's frame there, which the stack walk steps over.
     pub const WRAPPER_CALLS: &str = "WRAPPER_CALLS";
+    /// One `u32`, non-zero once WRAPPER_CALLS has entries, so the stack walk looks there.
+    pub const WRAPPERS_KNOWN: &str = "WRAPPERS_KNOWN";
     /// The block each thread released last, when `operator delete` is probed: tid → address.
     pub const LAST_RELEASED: &str = "LAST_RELEASED";
     /// Per-CPU scratch space for the stack being walked.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
-    /// Ring buffer of [`NewStack`](crate::NewStack) notices.
-    pub const NEW_STACKS: &str = "NEW_STACKS";
+    /// Ring buffer of [`Event`](crate::Event)s: new stacks, and the traced processes'
+    /// forks, execs and exits.
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Names of the read-only globals the agent sets when it loads the programs.
 pub mod global_names {
-    /// The tgid of the traced process (`u32`); 0 when several are, listed in TRACED_PIDS.
+    /// The tgid of the traced process (`u32`); 0 when several are, listed in TRACED_PIDS;
+    /// [`ALL_PROCESSES`](crate::ALL_PROCESSES) for every process.
     pub const TARGET_TGID: &str = "TARGET_TGID";
-    /// Non-zero when WRAPPER_CALLS has entries, so the stack walk looks there (`u32`).
-    pub const WRAPPERS: &str = "WRAPPERS";
+    /// The agent's own tgid (`u32`), never traced: with `--all` its own allocations
+    /// would feed back into what it reports.
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// Where `task/task_newtask`'s record has the new task's pid (`u32`).
+    pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
+    /// Where `task/task_newtask`'s record has the clone flags (`u32`).
+    pub const NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
+    /// Where `sched/sched_process_exit`'s record has `group_dead` (`u32`), or
+    /// [`NO_FIELD`](crate::NO_FIELD) on a kernel without it.
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
     /// Non-zero when an allocator's own `operator delete` is probed, which may call the
     /// probed `free` for the block it just released (`u32`).
     pub const DELETE_PROBED: &str = "DELETE_PROBED";
 }
+
+/// [`global_names::TARGET_TGID`] when every process is traced (`--all`).
+pub const ALL_PROCESSES: u32 = u32::MAX;
+
+/// A tracepoint field offset the running kernel's record does not have.
+pub const NO_FIELD: u32 = u32::MAX;
 
 /// How often the agent writes the clock the eBPF side timestamps allocations with.
 pub const CLOCK_TICK_MS: u64 = 10;
@@ -153,15 +176,47 @@ pub struct StackTrace {
     pub frames: [u64; MAX_STACK_DEPTH],
 }
 
-/// Sent once per stored stack, so the agent symbolizes it while the process that made it
-/// is still alive: a report may come after the process exited and its maps are gone.
+/// What the eBPF side tells the agent, on the EVENTS ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A stack was stored (`value`: its id). Sent once per stack, so the agent
+    /// symbolizes it while the process that made it is still alive: a report may come
+    /// after the process exited and its maps are gone.
+    NewStack = 0,
+    /// A traced process created process `tgid` (`value`: the parent's tgid), which is
+    /// traced from its first instruction on (`--follow-forks`).
+    Fork = 1,
+    /// Traced process `tgid` called exec (`value`: CLOCK_BOOTTIME then; blocks recorded
+    /// before it belong to the old image).
+    Exec = 2,
+    /// Traced process `tgid` ended: its last thread exited.
+    Exit = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(EventKind::NewStack),
+            1 => Some(EventKind::Fork),
+            2 => Some(EventKind::Exec),
+            3 => Some(EventKind::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// One event: an [`EventKind`] as `u32`, the process, and a value that depends on the kind.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct NewStack {
+pub struct Event {
+    pub kind: u32,
     pub tgid: u32,
-    pub pad: u32,
-    pub stack_id: u64,
+    pub value: u64,
 }
+
+/// The event counters of one process, indexed by [`Counter`].
+pub type ProcessCounters = [u64; Counter::COUNT as usize];
 
 /// An allocation call between its entry and its return, kept per thread.
 #[repr(C)]
@@ -205,7 +260,7 @@ pub const fn cookie_for(kind: AllocKind) -> u64 {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, AllocKey, NewStack, Pending, StackTrace, WrapperFrame};
+    use super::{AllocInfo, AllocKey, Event, Pending, StackTrace, WrapperFrame};
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers only, with explicit
     // padding fields, so every bit pattern is valid and no byte is uninitialised.
@@ -217,7 +272,7 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for NewStack {}
+    unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for WrapperFrame {}
 
@@ -243,7 +298,7 @@ mod tests {
         assert_eq!(size_of::<AllocKey>(), 16);
         assert_eq!(size_of::<AllocInfo>(), 24);
         assert_eq!(size_of::<Pending>(), 40);
-        assert_eq!(size_of::<NewStack>(), 16);
+        assert_eq!(size_of::<Event>(), 16);
         assert_eq!(size_of::<WrapperFrame>(), 16);
         assert_eq!(size_of::<StackTrace>(), 8 * (MAX_STACK_DEPTH + 1));
     }

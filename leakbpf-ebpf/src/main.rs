@@ -11,6 +11,8 @@
 #![no_main]
 
 mod calls;
+mod events;
+mod processes;
 mod stack;
 
 use aya_ebpf::{
@@ -18,11 +20,13 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
-use leakbpf_common::{AllocInfo, AllocKey, AllocKind, Counter, Pending};
+use leakbpf_common::{
+    ALL_PROCESSES, AllocInfo, AllocKey, AllocKind, Counter, Pending, ProcessCounters,
+};
 
 /// The userspace agent sets the real sizes at load time (`--max-allocs`, `--max-stacks`).
 const DEFAULT_ENTRIES: u32 = 1024;
@@ -30,27 +34,36 @@ const DEFAULT_ENTRIES: u32 = 1024;
 /// deleted; an LRU map lets those of exited threads make room.
 const MAX_THREADS: u32 = 65536;
 const EEXIST: i32 = 17;
+/// Processes followed at once with `--follow-forks` or `--all`.
+const MAX_PROCESSES: u32 = 16384;
 
-/// The traced process, or 0 when several are (then listed in `TRACED_PIDS`). A global the
-/// agent sets at load time: the verifier sees a constant, where a map lookup on every
-/// event would cost tens of nanoseconds.
+/// The traced process, or 0 when several are (then listed in `TRACED_PIDS`), or
+/// [`ALL_PROCESSES`]. A global the agent sets at load time: the verifier sees a constant,
+/// where a map lookup on every event would cost tens of nanoseconds.
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
+/// The agent itself, left out of [`ALL_PROCESSES`].
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
 /// Non-zero when an allocator's own `operator delete` is probed as a free.
 #[unsafe(no_mangle)]
 static DELETE_PROBED: u32 = 0;
 
 #[map]
-static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub(crate) static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_ENTRIES, 0);
 /// CLOCK_BOOTTIME in nanoseconds, which the agent writes every few milliseconds: reading
 /// the clock here costs ~45 ns per allocation, reading this ~2, and ages are reported to
 /// a tenth of a second.
 #[map]
-static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+pub(crate) static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+/// Each process's counters, when there are several; a lookup only those modes pay.
+#[map]
+static PROCESS_COUNTERS: PerCpuHashMap<u32, ProcessCounters> =
+    PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
 /// The block each thread released last, kept only when `operator delete` is probed: a
 /// delete that calls the probed `free` for the same block is one free, not a second one
 /// of an unknown block.
@@ -106,25 +119,43 @@ fn current_task() -> CurrentTask {
     }
 }
 
+/// The traced process, as the agent set it.
+#[inline(always)]
+fn target() -> u32 {
+    // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
+    unsafe { core::ptr::read_volatile(&TARGET_TGID) }
+}
+
+/// Whether process `tgid` is traced.
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    match target() {
+        // SAFETY: a plain value, only tested for presence.
+        0 => unsafe { TRACED_PIDS.get(&tgid) }.is_some(),
+        // SAFETY: a read-only global, as above.
+        ALL_PROCESSES => tgid != unsafe { core::ptr::read_volatile(&AGENT_TGID) },
+        target => tgid == target,
+    }
+}
+
 /// The calling task, if its process is traced.
 #[inline(always)]
 fn traced_task() -> Option<CurrentTask> {
     let task = current_task();
-    // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
-    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
-    let traced = match target {
-        // SAFETY: a plain value, only tested for presence.
-        0 => unsafe { TRACED_PIDS.get(&task.tgid) }.is_some(),
-        target => task.tgid == target,
-    };
-    traced.then_some(task)
+    is_traced(task.tgid).then_some(task)
 }
 
-/// Adds one to `counter`; returns its value on this CPU before, so a diagnostic can be
-/// logged on the first occurrence only.
+/// Adds one to `counter` of process `tgid`; returns its value on this CPU before, so a
+/// diagnostic can be logged on the first occurrence only.
 #[inline(always)]
-fn count(counter: Counter) -> u64 {
-    match COUNTERS.get_ptr_mut(counter as u32) {
+fn count(tgid: u32, counter: Counter) -> u64 {
+    let slot = match target() {
+        0 | ALL_PROCESSES => process_counters(tgid)
+            // SAFETY: a slot of this CPU's value, valid for the program's run.
+            .map(|counters| unsafe { (*counters).as_mut_ptr().add(counter as usize) }),
+        _ => COUNTERS.get_ptr_mut(counter as u32),
+    };
+    match slot {
         // SAFETY: a per-CPU slot, and eBPF programs do not migrate while they run.
         Some(value) => unsafe {
             let before = *value;
@@ -133,6 +164,17 @@ fn count(counter: Counter) -> u64 {
         },
         None => 0,
     }
+}
+
+/// This CPU's counters of process `tgid`, created zero when missing.
+#[inline(always)]
+fn process_counters(tgid: u32) -> Option<*mut ProcessCounters> {
+    if let Some(counters) = PROCESS_COUNTERS.get_ptr_mut(&tgid) {
+        return Some(counters);
+    }
+    // Another CPU may create them first: that is as good.
+    let _ = PROCESS_COUNTERS.insert(&tgid, &[0; Counter::COUNT as usize], u64::from(BPF_NOEXIST));
+    PROCESS_COUNTERS.get_ptr_mut(&tgid)
 }
 
 #[inline(always)]
@@ -164,7 +206,7 @@ fn product(n: u64, size: u64) -> Option<u64> {
 fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
     let task = traced_task().ok_or(())?;
     let Some(slot) = calls::slot(task.tid) else {
-        count(Counter::DroppedCalls);
+        count(task.tgid, Counter::DroppedCalls);
         return Ok(());
     };
     // SAFETY: only this thread touches its own slot.
@@ -187,7 +229,7 @@ fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), ()> {
     };
     let Some(size) = size else {
         // The call fails with ENOMEM; a wrapped product must never be recorded.
-        count(Counter::FailedAllocations);
+        count(task.tgid, Counter::FailedAllocations);
         return Ok(());
     };
     let stack_id = stack::capture(ctx, task.tgid);
@@ -246,7 +288,7 @@ fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), ()> {
     };
     if block == 0 {
         if !(pending.size == 0 && matches!(kind, AllocKind::Realloc | AllocKind::ReallocArray)) {
-            count(Counter::FailedAllocations);
+            count(task.tgid, Counter::FailedAllocations);
         }
         return Ok(());
     }
@@ -264,7 +306,7 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), ()> {
     // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
     if unsafe { core::ptr::read_volatile(&DELETE_PROBED) } == 0 {
         if !release(task.tgid, addr) {
-            count(Counter::UnknownFrees);
+            count(task.tgid, Counter::UnknownFrees);
         }
         return Ok(());
     }
@@ -279,7 +321,7 @@ fn try_free_enter(ctx: &ProbeContext) -> Result<(), ()> {
         }
     // SAFETY: as above.
     } else if !last.is_some_and(|last| unsafe { *last } == addr) {
-        count(Counter::UnknownFrees);
+        count(task.tgid, Counter::UnknownFrees);
     }
     Ok(())
 }
@@ -299,7 +341,7 @@ fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, stack_id: u64)
         inserted = ALLOCS.insert(&key, &info, u64::from(BPF_NOEXIST));
     }
     if inserted.is_err() {
-        if count(Counter::DroppedAllocations) == 0 {
+        if count(tgid, Counter::DroppedAllocations) == 0 {
             warn!(
                 ctx,
                 "allocation map full: blocks are not recorded from now on; raise --max-allocs"
@@ -307,7 +349,7 @@ fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, stack_id: u64)
         }
         return;
     }
-    count(Counter::Allocations);
+    count(tgid, Counter::Allocations);
 }
 
 /// Forgets the block at `addr`; false when it was not recorded.
@@ -320,7 +362,7 @@ fn release(tgid: u32, addr: u64) -> bool {
     if ALLOCS.remove(&AllocKey { tgid, pad: 0, addr }).is_err() {
         return false;
     }
-    count(Counter::Frees);
+    count(tgid, Counter::Frees);
     true
 }
 

@@ -17,12 +17,12 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_user, generated},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray},
     programs::ProbeContext,
 };
-use leakbpf_common::{Counter, NO_STACK, NewStack, StackTrace, WrapperFrame};
+use leakbpf_common::{Counter, EventKind, NO_STACK, StackTrace, WrapperFrame};
 
-use crate::{EEXIST, count};
+use crate::{EEXIST, count, events};
 
 /// The agent sets the real size at load time (`--max-stacks`).
 const DEFAULT_STACKS: u32 = 1024;
@@ -52,16 +52,13 @@ struct CachedCall {
     frame: WrapperFrame,
 }
 
-/// Non-zero when the agent filled [`WRAPPER_CALLS`]: a C program has nothing to look up.
-#[unsafe(no_mangle)]
-static WRAPPERS: u32 = 0;
+/// Non-zero once the agent put calls in [`WRAPPER_CALLS`]: a C program has nothing to
+/// look up. A map, not a constant, since a process may exec a C++ program later.
+#[map]
+static WRAPPERS_KNOWN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 static STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(DEFAULT_STACKS, 0);
-/// Room for this many notices between two reads by the agent; a lost notice only delays
-/// symbolization to the next report.
-#[map]
-static NEW_STACKS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 /// Calls made by frameless allocation wrappers, by the code around their return address
 /// → the size of the wrapper's frame there (see the agent's `frameless` module).
 #[map]
@@ -83,7 +80,7 @@ pub(crate) fn capture(ctx: &ProbeContext, tgid: u32) -> u64 {
     match walk(ctx, tgid) {
         Some(id) => id,
         None => {
-            count(Counter::StackFailures);
+            count(tgid, Counter::StackFailures);
             NO_STACK
         }
     }
@@ -98,8 +95,7 @@ fn walk(ctx: &ProbeContext, tgid: u32) -> Option<u64> {
     let (sp, mut fp) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp) };
     let window = read_window(sp);
     let [mut caller, _] = frame_at(window, sp, sp)?;
-    // SAFETY: a read-only global; volatile so the compiler does not fold its initial value.
-    if unsafe { core::ptr::read_volatile(&WRAPPERS) } != 0 {
+    if WRAPPERS_KNOWN.get(0).is_some_and(|known| *known != 0) {
         (caller, fp) = beyond_wrappers(window, sp, tgid, caller, fp)?;
     }
     trace.frames[0] = caller;
@@ -143,17 +139,12 @@ fn walk(ctx: &ProbeContext, tgid: u32) -> Option<u64> {
     match STACKS.insert(&id, &*trace, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             *known = id;
-            let notice = NewStack {
-                tgid,
-                pad: 0,
-                stack_id: id,
-            };
-            let _ = NEW_STACKS.output::<NewStack>(&notice, 0);
+            events::emit(EventKind::NewStack, tgid, id);
         }
         Err(err) if err == -EEXIST => *known = id,
         // The allocation is still recorded with its stack id; only its frames are lost.
         Err(_) => {
-            count(Counter::StackFailures);
+            count(tgid, Counter::StackFailures);
         }
     }
     Some(id)

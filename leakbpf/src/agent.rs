@@ -1,38 +1,25 @@
 //! The agent: attaches to the targets, then reports on each every interval until a
-//! signal or `--count` ends the run, or a target exits; every report run ends with one
-//! final report per process.
+//! signal or `--count` ends the run, or the targets are gone; every traced process gets
+//! a final report when it exits or the run ends. Processes come and go: children with
+//! `--follow-forks`, any process with `--all`, and a process that calls exec is resolved
+//! anew.
 
-use std::{
-    collections::HashMap,
-    ffi::OsString,
-    num::NonZeroU32,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, ffi::OsString, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{MapData, RingBuf};
-use leakbpf_common::NewStack;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-    time::{Instant, MissedTickBehavior},
-};
 
 use crate::{
-    child::{ChildEvent, TracedChild},
-    clock, fd,
-    kernel_maps::KernelMaps,
+    child::TracedChild,
+    lifetime::Lifetime,
+    monitor::{Monitor, Process},
     objects,
     output::{Format, Output},
     privileges,
     probes::{self, Probe},
-    process::{self, ExitWatch, PausedChild},
-    report::{self, Moment, ReportBuilder},
-    symbolizer::{Frame, StackRequest, SymbolizerHandle},
-    tracer::{Attached, Capacity, Tracer},
+    process::{self, PausedChild},
+    symbolizer::SymbolizerHandle,
+    tracefs,
+    tracer::{Attached, Capacity, Mode, Scope, Tracer},
 };
 
 pub enum Target {
@@ -40,6 +27,8 @@ pub enum Target {
     Pids(Vec<NonZeroU32>),
     /// A command line: the program, then its arguments.
     Command(Vec<OsString>),
+    /// Every process on the system; reports on the `top_processes` holding the most.
+    All { top_processes: usize },
 }
 
 pub struct Settings {
@@ -57,6 +46,8 @@ pub struct Settings {
     pub floor: bool,
     /// Also probe the C allocation functions under this prefix.
     pub symbol_prefix: Option<String>,
+    /// Also trace the processes the targets start.
+    pub follow_forks: bool,
 }
 
 pub fn run(settings: Settings) -> Result<()> {
@@ -92,66 +83,124 @@ pub fn run(settings: Settings) -> Result<()> {
             child = Some(paused);
             vec![(pid, probes)]
         }
+        Target::All { .. } => {
+            // The C library every dynamically linked process maps: the agent's own.
+            let own = NonZeroU32::new(std::process::id()).context("no pid of its own")?;
+            let objects = objects::of_process(own.get())?;
+            vec![(own, probes::plan(&objects, prefix)?)]
+        }
     };
     privileges::raise_memlock_limit();
 
     let pids: Vec<NonZeroU32> = targets.iter().map(|(pid, _)| *pid).collect();
-    let all_probes: Vec<Probe> = targets.iter().flat_map(|(_, p)| p.clone()).collect();
-    let (mut tracer, mut maps) = Tracer::load(settings.capacity, &pids, &all_probes)?;
+    let mode = match (&settings.target, &pids[..]) {
+        (Target::All { .. }, _) => Mode::All,
+        (_, [pid]) if !settings.follow_forks => Mode::One(*pid),
+        _ => Mode::Set,
+    };
+    let system_wide = settings.follow_forks || mode == Mode::All;
+    // Without tracefs, exec and exits are still seen through pidfds, but a process that
+    // execs keeps its old probes only; following forks needs it.
+    let fields = match tracefs::process_fields() {
+        Ok(fields) => Some(fields),
+        Err(err) if settings.follow_forks => {
+            return Err(err).context("--follow-forks needs the process tracepoints");
+        }
+        Err(err) => {
+            eprintln!(
+                "leakbpf: warning: {:#}: a process that calls exec is not followed",
+                anyhow::Error::from(err)
+            );
+            None
+        }
+    };
+    let delete_probed = targets
+        .iter()
+        .flat_map(|(_, probes)| probes)
+        .any(|p| p.probed == probes::Probed::Delete);
+    let (mut tracer, mut maps) = Tracer::load(settings.capacity, mode, delete_probed, fields)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the agent's runtime")?;
     // Taken before attaching, so an exit during the attach is seen.
-    let lifetime = match &child {
+    let lifetime = match (&child, mode) {
         // Seized before it runs, so even an exit in its first microseconds is held.
-        Some(child) => Lifetime::Child(
+        (Some(child), _) => Lifetime::Child(
             runtime
                 .block_on(async { TracedChild::seize(child.pid) })
                 .context("cannot supervise the command")?,
         ),
-        None => runtime.block_on(async { Lifetime::watch(&pids) })?,
+        (None, Mode::All) => runtime.block_on(async { Lifetime::watch(&[]) })?,
+        (None, _) => runtime.block_on(async { Lifetime::watch(&pids) })?,
     };
+    if fields.is_some() {
+        tracer.attach_process_tracepoints(settings.follow_forks)?;
+    }
     for (pid, probes) in &targets {
-        maps.trace(pid.get())?;
-        let attached = match tracer.attach(probes, *pid, settings.floor) {
+        if mode == Mode::Set {
+            maps.trace(pid.get())?;
+        }
+        let scope = if system_wide {
+            Scope::System
+        } else {
+            Scope::Process(*pid)
+        };
+        let attached = match tracer.attach(probes, scope, settings.floor) {
             Ok(attached) => attached,
             Err(_) if !process::is_alive(pid.get()) => {
                 bail!("pid {pid} exited while leakbpf was attaching to it")
             }
             Err(err) => return Err(err.into()),
         };
-        announce(*pid, probes, &attached, settings.verbose);
+        let whom = match mode {
+            Mode::All => "every process".to_owned(),
+            _ => format!("pid {pid}"),
+        };
+        announce(&whom, probes, &attached, settings.verbose);
     }
     let logger = settings.verbose.then(|| tracer.logger()).flatten();
+    let starting = child.as_ref().map(|child| child.pid);
     if let Some(child) = child {
         release(child)?;
     }
     let monitor = Monitor {
-        processes: pids.iter().map(|&pid| Process::new(pid)).collect(),
+        processes: match mode {
+            Mode::All => Vec::new(),
+            _ => pids.iter().map(|&pid| Process::new(pid)).collect(),
+        },
+        mode,
+        top_processes: match settings.target {
+            Target::All { top_processes } => Some(top_processes),
+            _ => None,
+        },
+        system_wide,
+        starting,
+        prefix: settings.symbol_prefix.clone(),
+        floor: settings.floor,
+        tracer,
         maps,
         output,
         frames: HashMap::new(),
         symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,
+        stale: Vec::new(),
         ticks: 0,
         interval: settings.interval,
         top: settings.top,
         min_age: settings.min_age,
     };
-    let result = runtime.block_on(monitor.run(lifetime, settings.count, logger));
-    // Every probe detaches here, whatever the result.
-    drop(tracer);
-    result
+    // Every probe detaches when the monitor, which owns the tracer, is dropped.
+    runtime.block_on(monitor.run(lifetime, settings.count, logger))
 }
 
-fn announce(pid: NonZeroU32, probes: &[Probe], attached: &[Attached], verbose: bool) {
+fn announce(whom: &str, probes: &[Probe], attached: &[Attached], verbose: bool) {
     let mut objects: Vec<String> = probes
         .iter()
         .map(|p| p.object.path.display().to_string())
         .collect();
     objects.dedup();
     eprintln!(
-        "leakbpf: attached {} probes to pid {pid} in {}",
+        "leakbpf: attached {} probes to {whom} in {}",
         attached.len(),
         objects.join(", ")
     );
@@ -174,276 +223,4 @@ fn release(child: PausedChild) -> Result<()> {
     child
         .release()
         .with_context(|| format!("cannot start the command (pid {pid})"))
-}
-
-type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
-/// What happens to the traced processes.
-enum LifeEvent {
-    /// The started command is held at its exit (see [`TracedChild`]).
-    Exiting(NonZeroU32),
-    /// A process is gone; how, when it was a command leakbpf started.
-    Exited(NonZeroU32, Option<String>),
-}
-
-/// How the agent learns that targets end.
-enum Lifetime {
-    /// Processes it attached to: a pidfd each, watched by a task that reports the exit.
-    Pids(mpsc::UnboundedReceiver<NonZeroU32>),
-    /// A command it started.
-    Child(TracedChild),
-}
-
-impl Lifetime {
-    /// Watches `pids`; must run inside the runtime.
-    fn watch(pids: &[NonZeroU32]) -> Result<Self> {
-        let (exits, exited) = mpsc::unbounded_channel();
-        for &pid in pids {
-            let watch = ExitWatch::new(pid.get())?;
-            let exits = exits.clone();
-            tokio::spawn(async move {
-                watch.exited().await;
-                let _ = exits.send(pid);
-            });
-        }
-        Ok(Lifetime::Pids(exited))
-    }
-
-    /// The next event; never returns once nothing is left to watch.
-    async fn next(&mut self) -> LifeEvent {
-        let event = match self {
-            Lifetime::Pids(exited) => exited.recv().await.map(|pid| LifeEvent::Exited(pid, None)),
-            Lifetime::Child(child) => {
-                let pid = child.pid();
-                child.next().await.map(|event| match event {
-                    ChildEvent::Exiting => LifeEvent::Exiting(pid),
-                    ChildEvent::Exited(status) => LifeEvent::Exited(pid, Some(status)),
-                })
-            }
-        };
-        match event {
-            Some(event) => event,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn resume(&self) {
-        if let Lifetime::Child(child) = self {
-            child.resume();
-        }
-    }
-}
-
-/// A traced process and its report history.
-struct Process {
-    pid: NonZeroU32,
-    builder: ReportBuilder,
-    reports: u64,
-}
-
-impl Process {
-    fn new(pid: NonZeroU32) -> Self {
-        Self {
-            pid,
-            builder: ReportBuilder::default(),
-            reports: 0,
-        }
-    }
-}
-
-struct Monitor {
-    /// The processes still running, each reported on until it exits.
-    processes: Vec<Process>,
-    maps: KernelMaps,
-    output: Output,
-    /// Symbolized stacks by process and stack id: each is symbolized once.
-    frames: HashMap<(NonZeroU32, u64), Arc<[Frame]>>,
-    symbolizer: SymbolizerHandle,
-    ticks: u64,
-    interval: Duration,
-    top: usize,
-    min_age: Option<Duration>,
-}
-
-impl Monitor {
-    async fn run(
-        mut self,
-        mut lifetime: Lifetime,
-        count: Option<u64>,
-        logger: Option<Logger>,
-    ) -> Result<()> {
-        let mut ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut new_stacks = match self.maps.take_new_stacks() {
-            Some(ring) => Some(fd::poll(ring).context("cannot poll the new-stack ring")?),
-            None => None,
-        };
-        let mut logger = match logger {
-            Some(logger) => Some(fd::poll(logger).context("cannot poll the eBPF log")?),
-            None => None,
-        };
-        // A running process has its libraries mapped already: cache its memory map now,
-        // so its stacks can be named even if it exits before the agent gets to them.
-        self.remember_maps().await?;
-        while !self.processes.is_empty() {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    self.remember_maps().await?;
-                    self.ticks += 1;
-                    let last = count.is_some_and(|count| self.ticks >= count);
-                    if last {
-                        break;
-                    }
-                    self.report(&self.pids(), false).await?;
-                }
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
-                event = lifetime.next() => match event {
-                    LifeEvent::Exiting(pid) => {
-                        // Its memory map is still there: name every stack seen so far.
-                        if let Some(ring) = new_stacks.as_mut() {
-                            self.symbolize_new(ring.get_mut()).await?;
-                        }
-                        self.symbolizer.remember(pid).await?;
-                        lifetime.resume();
-                    }
-                    LifeEvent::Exited(pid, status) => {
-                        let status = status.unwrap_or_else(|| "exited".to_owned());
-                        eprintln!("leakbpf: pid {pid} {status}");
-                        if let Some(ring) = new_stacks.as_mut() {
-                            self.symbolize_new(ring.get_mut()).await?;
-                        }
-                        self.report(&[pid], true).await?;
-                        self.processes.retain(|p| p.pid != pid);
-                    }
-                },
-                ready = readable(&mut new_stacks) => {
-                    let mut guard = ready?;
-                    self.symbolize_new(guard.get_inner_mut()).await?;
-                    guard.clear_ready();
-                    // A notice written after the drain but before the readiness was
-                    // cleared raised no new wake-up: read once more.
-                    self.symbolize_new(guard.get_inner_mut()).await?;
-                }
-                ready = readable(&mut logger) => {
-                    let mut guard = ready?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-            }
-        }
-        if let Some(ring) = new_stacks.as_mut() {
-            self.symbolize_new(ring.get_mut()).await?;
-        }
-        self.report(&self.pids(), true).await?;
-        Ok(())
-    }
-
-    /// Caches the memory map of every traced process, for symbolizing after its exit.
-    async fn remember_maps(&self) -> Result<()> {
-        for process in &self.processes {
-            self.symbolizer.remember(process.pid).await?;
-        }
-        Ok(())
-    }
-
-    /// Symbolizes the stacks announced since the last call, while their process runs.
-    async fn symbolize_new(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        let mut ids: HashMap<NonZeroU32, Vec<u64>> = HashMap::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<NewStack>() {
-                // SAFETY: the eBPF side writes whole `NewStack`s; the read is unaligned-safe.
-                let notice: NewStack = unsafe { item.as_ptr().cast::<NewStack>().read_unaligned() };
-                if let Some(pid) = NonZeroU32::new(notice.tgid) {
-                    ids.entry(pid).or_default().push(notice.stack_id);
-                }
-            }
-        }
-        for (pid, ids) in ids {
-            self.symbolize(pid, ids).await?;
-        }
-        Ok(())
-    }
-
-    /// Symbolizes the stacks of process `pid` among `ids` not symbolized yet.
-    async fn symbolize(&mut self, pid: NonZeroU32, ids: Vec<u64>) -> Result<()> {
-        let mut requests: Vec<StackRequest> = Vec::new();
-        for id in ids {
-            if self.frames.contains_key(&(pid, id))
-                || requests.iter().any(|(known, _)| *known == id)
-            {
-                continue;
-            }
-            match self.maps.stack(id)? {
-                Some(addresses) => requests.push((id, addresses)),
-                None => {
-                    self.frames.insert((pid, id), Arc::from(Vec::new()));
-                }
-            }
-        }
-        if requests.is_empty() {
-            return Ok(());
-        }
-        for (id, frames) in self.symbolizer.symbolize(pid, requests).await? {
-            self.frames.insert((pid, id), Arc::from(frames));
-        }
-        Ok(())
-    }
-
-    fn pids(&self) -> Vec<NonZeroU32> {
-        self.processes.iter().map(|p| p.pid).collect()
-    }
-
-    /// Writes a report on each of the traced processes `pids`, from one drain.
-    async fn report(&mut self, pids: &[NonZeroU32], is_final: bool) -> Result<()> {
-        let counters = self.maps.counters()?;
-        let now_ns = clock::boot_time_ns();
-        let cutoff = self
-            .min_age
-            .map(|age| now_ns.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
-        let mut drained = self.maps.sites(cutoff)?;
-        for &pid in pids {
-            let mut sites = drained.remove(&pid.get()).unwrap_or_default();
-            report::rank(&mut sites);
-            self.symbolize(
-                pid,
-                sites.iter().take(self.top).map(|s| s.stack_id).collect(),
-            )
-            .await?;
-            let Some(process) = self.processes.iter_mut().find(|p| p.pid == pid) else {
-                continue;
-            };
-            process.reports += 1;
-            let moment = Moment {
-                pid: pid.get(),
-                number: process.reports,
-                is_final,
-                interval: self.interval,
-                timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-                now_ns,
-                counters,
-            };
-            let frames = &self.frames;
-            let report = process.builder.build(moment, sites, self.top, |id| {
-                frames
-                    .get(&(pid, id))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(Vec::new()))
-            });
-            self.output.write(&report)?;
-        }
-        Ok(())
-    }
-}
-
-/// Waits until `fd` is readable; never, when there is none.
-async fn readable<T: std::os::fd::AsRawFd>(
-    fd: &mut Option<AsyncFd<T>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, T>> {
-    match fd {
-        Some(fd) => fd.readable_mut().await,
-        None => std::future::pending().await,
-    }
 }

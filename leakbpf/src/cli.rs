@@ -16,12 +16,17 @@ use crate::{
     tracer::Capacity,
 };
 
+/// `--top-processes` unless given.
+const DEFAULT_TOP_PROCESSES: usize = 5;
+
 const EXAMPLES: &str = "\
 Examples:
   sudo leakbpf --pid 1234                      top 10 unfreed call sites every 5 s
   sudo leakbpf --pid 1234 --min-age 30s        only allocations older than 30 s
   sudo leakbpf --format json -o leaks.ndjson --pid 1234
-  sudo leakbpf --interval 1s -- ./server --port 8080   start it traced";
+  sudo leakbpf --interval 1s -- ./server --port 8080   start it traced
+  sudo leakbpf --follow-forks --pid 1234       and every process it starts
+  sudo leakbpf --all --top-processes 5         every process, the 5 holding most";
 
 /// Finds the call stacks that hold unfreed memory in a live process, with eBPF uprobes
 /// on its allocation functions: no restart, no rebuild, low overhead.
@@ -33,10 +38,22 @@ pub struct Cli {
         short,
         long,
         value_delimiter = ',',
-        conflicts_with = "command",
-        required_unless_present = "command"
+        conflicts_with_all = ["command", "all"],
+        required_unless_present_any = ["command", "all"]
     )]
     pub pid: Vec<NonZeroU32>,
+    /// Also trace every process the traced ones start from now on, each with its own
+    /// reports.
+    #[arg(long, conflicts_with = "all")]
+    pub follow_forks: bool,
+    /// Trace every process on the system that uses the C library's allocator (or the
+    /// C++ one): a report on each of the --top-processes holding the most.
+    #[arg(long, conflicts_with = "command")]
+    pub all: bool,
+    /// With --all: processes reported on every interval, most outstanding bytes first
+    /// (5).
+    #[arg(long, conflicts_with_all = ["pid", "command"])]
+    pub top_processes: Option<NonZeroUsize>,
     /// Time between reports, e.g. 5s, 500ms, 1m.
     #[arg(short, long, default_value = "5s", value_parser = positive_duration)]
     pub interval: Duration,
@@ -98,7 +115,13 @@ fn octal_mode(text: &str) -> Result<u32, String> {
 
 impl Cli {
     fn settings(self) -> Settings {
-        let target = if self.pid.is_empty() {
+        let target = if self.all {
+            Target::All {
+                top_processes: self
+                    .top_processes
+                    .map_or(DEFAULT_TOP_PROCESSES, NonZeroUsize::get),
+            }
+        } else if self.pid.is_empty() {
             Target::Command(self.command)
         } else {
             Target::Pids(self.pid)
@@ -119,6 +142,7 @@ impl Cli {
             verbose: self.verbose,
             floor: self.floor,
             symbol_prefix: self.symbol_prefix,
+            follow_forks: self.follow_forks,
         }
     }
 }
@@ -169,7 +193,7 @@ mod tests {
         assert_eq!(settings.interval, Duration::from_millis(250));
         match settings.target {
             Target::Command(command) => assert_eq!(command, ["ls", "-l"]),
-            Target::Pids(_) => panic!("expected a command"),
+            _ => panic!("expected a command"),
         }
     }
 
@@ -180,8 +204,19 @@ mod tests {
             Target::Pids(pids) => {
                 assert_eq!(pids.iter().map(|p| p.get()).collect::<Vec<_>>(), [1, 2, 3])
             }
-            Target::Command(_) => panic!("expected pids"),
+            _ => panic!("expected pids"),
         }
+    }
+
+    #[test]
+    fn takes_all_processes_and_following_forks() {
+        let cli = Cli::try_parse_from(["leakbpf", "--all", "--top-processes", "3"]).unwrap();
+        assert!(matches!(
+            cli.settings().target,
+            Target::All { top_processes: 3 }
+        ));
+        let cli = Cli::try_parse_from(["leakbpf", "--follow-forks", "--", "make"]).unwrap();
+        assert!(cli.settings().follow_forks);
     }
 
     #[test]
@@ -192,6 +227,10 @@ mod tests {
             &["leakbpf", "--pid", "1", "--", "ls"],
             &["leakbpf", "--pid", "1", "--interval", "0s"],
             &["leakbpf", "--pid", "1", "--output-mode", "999"],
+            &["leakbpf", "--all", "--pid", "1"],
+            &["leakbpf", "--all", "--", "ls"],
+            &["leakbpf", "--all", "--follow-forks"],
+            &["leakbpf", "--pid", "1", "--top-processes", "3"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }

@@ -4,9 +4,9 @@ use std::{collections::HashMap as StdHashMap, os::fd::AsFd};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use leakbpf_common::{AllocInfo, AllocKey, Counter, StackTrace, map_names};
+use leakbpf_common::{AllocInfo, AllocKey, Counter, ProcessCounters, StackTrace, map_names};
 use serde::Serialize;
 
 use crate::{batch, tracer::TracerError};
@@ -37,12 +37,15 @@ pub struct SiteState {
 }
 
 pub struct KernelMaps {
-    /// Read in batches (see [`batch`]), so kept untyped.
-    allocs: MapData,
+    /// Read in batches (see [`batch`]), so kept as the map itself.
+    allocs: Map,
     stacks: HashMap<MapData, u64, StackTrace>,
+    /// The one traced process's counters.
     counters: PerCpuArray<MapData, u64>,
+    /// Each process's counters, when several are traced.
+    process_counters: PerCpuHashMap<MapData, u32, ProcessCounters>,
     traced: HashMap<MapData, u32, u32>,
-    new_stacks: Option<RingBuf<MapData>>,
+    events: Option<RingBuf<MapData>>,
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> TracerError {
@@ -61,35 +64,55 @@ impl KernelMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
         Ok(Self {
             allocs: match ebpf.take_map(map_names::ALLOCS) {
-                Some(Map::HashMap(data)) => data,
+                Some(map @ Map::HashMap(_)) => map,
                 _ => return Err(TracerError::Missing(map_names::ALLOCS)),
             },
             stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
+            process_counters: take(ebpf, map_names::PROCESS_COUNTERS)?,
             traced: take(ebpf, map_names::TRACED_PIDS)?,
-            new_stacks: Some(take(ebpf, map_names::NEW_STACKS)?),
+            events: Some(take(ebpf, map_names::EVENTS)?),
         })
     }
 
-    /// Makes the programs record allocations of process `pid` (when several are traced).
+    /// Makes the programs record allocations of process `pid` (in [`Mode::Set`]).
+    ///
+    /// [`Mode::Set`]: crate::tracer::Mode::Set
     pub fn trace(&mut self, pid: u32) -> Result<(), TracerError> {
         self.traced
             .insert(pid, 1, 0)
             .map_err(map_error(map_names::TRACED_PIDS))
     }
 
-    /// The ring buffer announcing new stacks; there is one, so the first caller gets it.
-    pub fn take_new_stacks(&mut self) -> Option<RingBuf<MapData>> {
-        self.new_stacks.take()
+    /// The ring buffer of events; there is one, so the first caller gets it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
-    pub fn counters(&self) -> Result<Counters, TracerError> {
+    /// The counters of process `pid`: those of the one traced process when `only`.
+    pub fn counters(&self, pid: u32, only: bool) -> Result<Counters, TracerError> {
+        let per_process = if only {
+            None
+        } else {
+            match self.process_counters.get(&pid, 0) {
+                Ok(per_cpu) => Some(per_cpu),
+                Err(MapError::KeyNotFound) => return Ok(Counters::default()),
+                Err(source) => return Err(map_error(map_names::PROCESS_COUNTERS)(source)),
+            }
+        };
         let read = |counter: Counter| -> Result<u64, TracerError> {
-            let values = self
-                .counters
-                .get(&(counter as u32), 0)
-                .map_err(map_error(map_names::COUNTERS))?;
-            Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+            let sum = |values: &mut dyn Iterator<Item = u64>| {
+                values.fold(0u64, |sum, v| sum.wrapping_add(v))
+            };
+            Ok(match &per_process {
+                Some(per_cpu) => sum(&mut per_cpu.iter().map(|c| c[counter as usize])),
+                None => sum(&mut self
+                    .counters
+                    .get(&(counter as u32), 0)
+                    .map_err(map_error(map_names::COUNTERS))?
+                    .iter()
+                    .copied()),
+            })
         };
         Ok(Counters {
             allocations: read(Counter::Allocations)?,
@@ -110,7 +133,7 @@ impl KernelMaps {
     ) -> Result<StdHashMap<u32, Vec<SiteState>>, TracerError> {
         let mut sites: StdHashMap<(u32, u64), SiteState> = StdHashMap::new();
         let scan = batch::for_each::<AllocKey, AllocInfo>(
-            self.allocs.fd().as_fd(),
+            self.allocs_fd(),
             ALLOCS_PER_READ,
             |key, info| {
                 if allocated_before_ns.is_some_and(|cutoff| info.timestamp_ns > cutoff) {
@@ -136,6 +159,50 @@ impl KernelMaps {
             by_process.entry(tgid).or_default().push(site);
         }
         Ok(by_process)
+    }
+
+    fn allocs_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.allocs {
+            Map::HashMap(data) => data.fd().as_fd(),
+            _ => unreachable!("checked in take"),
+        }
+    }
+
+    /// Drops what the processes in `stale` hold: for each, its blocks recorded before a
+    /// time (it exec'd), or all of them, its counters and its place in the traced set
+    /// (None: it exited). One scan for them all.
+    pub fn forget(&mut self, stale: &[(u32, Option<u64>)]) -> Result<(), TracerError> {
+        let mut keys = Vec::new();
+        let scan = batch::for_each::<AllocKey, AllocInfo>(
+            self.allocs_fd(),
+            ALLOCS_PER_READ,
+            |key, info| {
+                let dropped = stale.iter().any(|&(pid, before)| {
+                    key.tgid == pid && before.is_none_or(|before| info.timestamp_ns < before)
+                });
+                if dropped {
+                    keys.push(*key);
+                }
+            },
+        );
+        scan.map_err(|source| TracerError::Read {
+            name: map_names::ALLOCS,
+            source,
+        })?;
+        let mut allocs: HashMap<&mut MapData, AllocKey, AllocInfo> = (&mut self.allocs)
+            .try_into()
+            .map_err(map_error(map_names::ALLOCS))?;
+        for key in &keys {
+            // Freed meanwhile: as good.
+            let _ = allocs.remove(key);
+        }
+        for &(pid, before) in stale {
+            if before.is_none() {
+                let _ = self.process_counters.remove(&pid);
+                let _ = self.traced.remove(&pid);
+            }
+        }
+        Ok(())
     }
 
     /// The return addresses of stack `stack_id`, innermost first; None if not stored.

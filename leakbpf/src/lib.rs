@@ -17,6 +17,8 @@ pub mod elf;
 mod fd;
 mod frameless;
 mod kernel_maps;
+mod lifetime;
+mod monitor;
 pub mod objects;
 pub mod output;
 pub mod placement;
@@ -25,6 +27,7 @@ mod probes;
 mod process;
 pub mod report;
 mod symbolizer;
+mod tracefs;
 mod tracer;
 
 /// The parts of a [`report::Report`] defined in private modules, for those who build one

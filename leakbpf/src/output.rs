@@ -5,11 +5,12 @@ use std::{
     fmt::Write as _,
     fs::OpenOptions,
     io::{self, Write},
+    num::NonZeroU32,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
-use crate::report::Report;
+use crate::{kernel_maps::SiteState, report::Report};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -63,6 +64,70 @@ impl Output {
             Format::Table => table(report),
         };
         self.sink.write_all(text.as_bytes())?;
+        self.sink.flush()?;
+        Ok(())
+    }
+}
+
+/// One process in the `--all` summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSummary {
+    pub pid: NonZeroU32,
+    /// Its command name, as the kernel has it; empty once it is gone.
+    pub comm: String,
+    pub bytes: u64,
+    pub allocations: u64,
+    pub callsites: usize,
+}
+
+impl ProcessSummary {
+    pub fn of(pid: NonZeroU32, sites: &[SiteState]) -> Self {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        Self {
+            pid,
+            comm: comm.trim_end().to_owned(),
+            bytes: sites.iter().map(|s| s.bytes).sum(),
+            allocations: sites.iter().map(|s| s.allocations).sum(),
+            callsites: sites.len(),
+        }
+    }
+}
+
+impl Output {
+    /// With `--all`, the processes reported on next, in a table; JSON lines carry the
+    /// same figures in each process's report.
+    pub fn write_summary(
+        &mut self,
+        processes: &[ProcessSummary],
+        is_final: bool,
+    ) -> Result<(), OutputError> {
+        if self.format == Format::Json {
+            return Ok(());
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "leakbpf: the {} processes holding the most{}",
+            processes.len(),
+            if is_final { " (final)" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "  {:>8}  {:<16}  {:>14}  {:>10}  {:>6}",
+            "PID", "COMMAND", "BYTES", "ALLOCS", "SITES"
+        );
+        for process in processes {
+            let _ = writeln!(
+                out,
+                "  {:>8}  {:<16}  {:>14}  {:>10}  {:>6}",
+                process.pid,
+                printable(&process.comm),
+                process.bytes,
+                process.allocations,
+                process.callsites
+            );
+        }
+        self.sink.write_all(out.as_bytes())?;
         self.sink.flush()?;
         Ok(())
     }

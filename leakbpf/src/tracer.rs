@@ -3,22 +3,25 @@
 //! Every link belongs to the [`Tracer`]: dropping it, or the agent's exit in any way
 //! (even SIGKILL, which closes the file descriptors), detaches every probe.
 
-use std::num::NonZeroU32;
+use std::{collections::HashSet, num::NonZeroU32, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, MapError},
+    maps::{Array, HashMap, MapError},
     programs::{
-        ProgramError, UProbe,
+        ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use leakbpf_common::{MAX_CALL_SLOTS, WrapperFrame, cookie_for, global_names, map_names};
+use leakbpf_common::{
+    ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, WrapperFrame, cookie_for, global_names, map_names,
+};
 
 use crate::{
     clock::Clock,
     kernel_maps::KernelMaps,
     probes::{Probe, Probed},
+    tracefs::ProcessFields,
 };
 
 /// The object `cargo xtask build-ebpf` builds from `leakbpf-ebpf`, checked by CI to be
@@ -30,6 +33,9 @@ const ALLOC_EXIT: &str = "alloc_exit";
 const FREE_ENTER: &str = "free_enter";
 const FLOOR_ENTER: &str = "floor_enter";
 const FLOOR_EXIT: &str = "floor_exit";
+const PROCESS_FORK: &str = "process_fork";
+const PROCESS_EXEC: &str = "process_exec";
+const PROCESS_EXIT: &str = "process_exit";
 
 /// How many entries the kernel maps hold.
 #[derive(Clone, Copy, Debug)]
@@ -79,30 +85,70 @@ pub struct Attached {
     pub probe: String,
 }
 
+/// Which processes the programs record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One process, told apart by a constant: the cheapest.
+    One(NonZeroU32),
+    /// The processes in the kernel's TRACED_PIDS set (several `--pid`s,
+    /// `--follow-forks`).
+    Set,
+    /// Every process (`--all`).
+    All,
+}
+
+/// Where a probe fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// In this process only: the kernel does not even trap elsewhere.
+    Process(NonZeroU32),
+    /// In every process that maps the object; the programs filter by [`Mode`].
+    System,
+}
+
 pub struct Tracer {
     ebpf: Ebpf,
     _clock: Clock,
+    /// What is attached already: program, object, file offset, scope.
+    attached: HashSet<(&'static str, PathBuf, u64, Scope)>,
 }
 
 impl Tracer {
-    /// Loads the programs for tracing processes `pids` through `probes`.
+    /// Loads the programs for `mode`; `fields` are the process tracepoints' offsets, when
+    /// tracefs has them.
     pub fn load(
         capacity: Capacity,
-        pids: &[NonZeroU32],
-        probes: &[Probe],
+        mode: Mode,
+        delete_probed: bool,
+        fields: Option<ProcessFields>,
     ) -> Result<(Self, KernelMaps), TracerError> {
-        let delete_probed = u32::from(probes.iter().any(|p| p.probed == Probed::Delete));
-        let wrapper_calls: Vec<_> = probes.iter().flat_map(|p| &p.wrapper_calls).collect();
-        let wrappers = u32::from(!wrapper_calls.is_empty());
-        // One process is told apart by a constant; several by a lookup in TRACED_PIDS.
-        let target = match pids {
-            [pid] => pid.get(),
-            _ => 0,
+        let target = match mode {
+            Mode::One(pid) => pid.get(),
+            Mode::Set => 0,
+            Mode::All => ALL_PROCESSES,
         };
+        let delete_probed = u32::from(delete_probed);
+        let fields = fields.unwrap_or(ProcessFields {
+            newtask_pid: 0,
+            newtask_flags: 0,
+            exit_group_dead: NO_FIELD,
+        });
+        let agent = std::process::id();
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::TARGET_TGID, &target, true)
-            .override_global(global_names::WRAPPERS, &wrappers, true)
+            .override_global(global_names::AGENT_TGID, &agent, true)
             .override_global(global_names::DELETE_PROBED, &delete_probed, true)
+            .override_global(global_names::NEWTASK_PID_OFFSET, &fields.newtask_pid, true)
+            .override_global(
+                global_names::NEWTASK_FLAGS_OFFSET,
+                &fields.newtask_flags,
+                true,
+            )
+            .override_global(
+                global_names::EXIT_GROUP_DEAD_OFFSET,
+                &fields.exit_group_dead,
+                true,
+            )
             .map_max_entries(map_names::ALLOCS, capacity.allocations)
             .map_max_entries(map_names::STACKS, capacity.stacks)
             .map_max_entries(map_names::CALL_SLOTS, call_slots())
@@ -113,16 +159,10 @@ impl Tracer {
                 .load()
                 .map_err(|source| TracerError::Program { name, source })?;
         }
-        let name = map_names::WRAPPER_CALLS;
-        let mut calls: HashMap<_, [u64; 2], WrapperFrame> = ebpf
-            .map_mut(name)
-            .ok_or(TracerError::Missing(name))?
-            .try_into()
-            .map_err(|source| TracerError::Map { name, source })?;
-        for call in wrapper_calls {
-            calls
-                .insert(call.code, call.frame, 0)
-                .map_err(|source| TracerError::Map { name, source })?;
+        for name in [PROCESS_FORK, PROCESS_EXEC, PROCESS_EXIT] {
+            tracepoint(&mut ebpf, name)?
+                .load()
+                .map_err(|source| TracerError::Program { name, source })?;
         }
         let name = map_names::CLOCK;
         let clock = ebpf
@@ -136,6 +176,7 @@ impl Tracer {
             Self {
                 ebpf,
                 _clock: clock,
+                attached: HashSet::new(),
             },
             maps,
         ))
@@ -146,14 +187,35 @@ impl Tracer {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Attaches `probes` for process `pid` only; with `floor`, empty programs at the same
-    /// places, which cost what the uprobes themselves cost and record nothing.
+    /// Attaches the process tracepoints: exec and exit always, fork with
+    /// `follow_forks`.
+    pub fn attach_process_tracepoints(&mut self, follow_forks: bool) -> Result<(), TracerError> {
+        let mut wanted = vec![(PROCESS_EXEC, "sched", "sched_process_exec")];
+        wanted.push((PROCESS_EXIT, "sched", "sched_process_exit"));
+        if follow_forks {
+            wanted.push((PROCESS_FORK, "task", "task_newtask"));
+        }
+        for (name, category, event) in wanted {
+            tracepoint(&mut self.ebpf, name)?
+                .attach(category, event)
+                .map_err(|source| TracerError::Attach {
+                    probe: format!("tracepoint {category}/{event}"),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches `probes` in `scope`, but for those attached already; with `floor`, empty
+    /// programs at the same places, which cost what the uprobes themselves cost and
+    /// record nothing. The frameless wrappers among them are given to the stack walk.
     pub fn attach(
         &mut self,
         probes: &[Probe],
-        pid: NonZeroU32,
+        scope: Scope,
         floor: bool,
     ) -> Result<Vec<Attached>, TracerError> {
+        self.add_wrapper_calls(probes)?;
         let mut attached = Vec::new();
         for probe in probes {
             let (entry, cookie) = match probe.probed {
@@ -172,12 +234,25 @@ impl Tracer {
                     (true, ALLOC_EXIT) => FLOOR_EXIT,
                     (true, _) => FLOOR_ENTER,
                 };
+                let key = (
+                    name,
+                    probe.object.host_path.clone(),
+                    probe.file_offset,
+                    scope,
+                );
+                if self.attached.contains(&key) {
+                    continue;
+                }
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
                     cookie,
                 };
+                let kernel_scope = match scope {
+                    Scope::Process(pid) => UProbeScope::OneProcess(pid),
+                    Scope::System => UProbeScope::AllProcesses,
+                };
                 uprobe(&mut self.ebpf, name)?
-                    .attach(point, &probe.object.host_path, UProbeScope::OneProcess(pid))
+                    .attach(point, &probe.object.host_path, kernel_scope)
                     .map_err(|source| {
                         let probe = probe.to_string();
                         if os_error(&source) == Some(libc::EINVAL) {
@@ -186,6 +261,7 @@ impl Tracer {
                             TracerError::Attach { probe, source }
                         }
                     })?;
+                self.attached.insert(key);
                 attached.push(Attached {
                     program: name,
                     probe: probe.to_string(),
@@ -193,6 +269,36 @@ impl Tracer {
             }
         }
         Ok(attached)
+    }
+
+    /// Tells the stack walk about the calls of the frameless wrappers among `probes`.
+    fn add_wrapper_calls(&mut self, probes: &[Probe]) -> Result<(), TracerError> {
+        let mut wrapper_calls = probes.iter().flat_map(|p| &p.wrapper_calls).peekable();
+        if wrapper_calls.peek().is_none() {
+            return Ok(());
+        }
+        let name = map_names::WRAPPER_CALLS;
+        let mut calls: HashMap<_, [u64; 2], WrapperFrame> = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(TracerError::Missing(name))?
+            .try_into()
+            .map_err(|source| TracerError::Map { name, source })?;
+        for call in wrapper_calls {
+            calls
+                .insert(call.code, call.frame, 0)
+                .map_err(|source| TracerError::Map { name, source })?;
+        }
+        let name = map_names::WRAPPERS_KNOWN;
+        let mut known: Array<_, u32> = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(TracerError::Missing(name))?
+            .try_into()
+            .map_err(|source| TracerError::Map { name, source })?;
+        known
+            .set(0, 1, 0)
+            .map_err(|source| TracerError::Map { name, source })
     }
 }
 
@@ -217,6 +323,16 @@ fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
         current = err.source();
     }
     None
+}
+
+fn tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut TracePoint, TracerError> {
+    ebpf.program_mut(name)
+        .ok_or(TracerError::Missing(name))?
+        .try_into()
+        .map_err(|source| TracerError::Program { name, source })
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, TracerError> {

@@ -6,6 +6,9 @@ use std::{env, path::PathBuf, process::Command};
 
 /// The programs the Makefile builds.
 const TARGETS: [&str; 5] = ["chat_server", "leaker", "threads", "early", "rust_leaker"];
+/// Process trees and new images: forks (a grandchild, an exec among them), an exec into
+/// the same program or into its static build, gigabytes leaked for `--all`.
+const LIFE_TARGETS: [&str; 4] = ["forker", "exec_target", "exec_target_static", "big_leaker"];
 /// The targets built on alloc_target.h: jemalloc, tcmalloc and mimalloc from Debian's
 /// packages, a prefixed allocator of our own, static glibc, and lying frame pointers.
 const ALLOC_TARGETS: [&str; 6] = [
@@ -46,6 +49,7 @@ fn main() {
     let musl = has_musl_std();
     let targets: Vec<&str> = TARGETS
         .iter()
+        .chain(&LIFE_TARGETS)
         .chain(&ALLOC_TARGETS)
         .chain(&HOSTILE_TARGETS)
         .chain(&STRIPPED_TARGETS)

@@ -37,6 +37,13 @@ pub const THREADS: &str = env!("LEAKBPF_TARGET_THREADS");
 pub const EARLY: &str = env!("LEAKBPF_TARGET_EARLY");
 /// src/bin/rust_leaker.rs, built with frame pointers.
 pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
+/// A process tree: children, a grandchild and an exec'd child that each leak their own
+/// amount (tests/targets/forker.c).
+pub const FORKER: &str = env!("LEAKBPF_TARGET_FORKER");
+/// Leaks, execs (itself, or its static build), leaks again (tests/targets/exec_target.c).
+pub const EXEC_TARGET: &str = env!("LEAKBPF_TARGET_EXEC_TARGET");
+/// Leaks gigabytes of address space at leak_big (tests/targets/big_leaker.c).
+pub const BIG_LEAKER: &str = env!("LEAKBPF_TARGET_BIG_LEAKER");
 /// The allocator targets (tests/targets/alloc_target.h): linked with jemalloc, tcmalloc
 /// (C++), mimalloc; leaking through a `je_`-prefixed allocator library; fully static.
 pub const JEMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_JEMALLOC_LINKED");
@@ -303,6 +310,16 @@ pub fn check_reports(reports: &[Report], pid: u32) -> &Report {
         );
     }
     reports.last().expect("not empty")
+}
+
+/// The reports about `pid`, in order, from a run that reported on several processes
+/// (`--pid A,B`, `--follow-forks`, `--all`): check them with [`check_reports`].
+pub fn reports_of(reports: &[Report], pid: u32) -> Vec<Report> {
+    reports
+        .iter()
+        .filter(|report| report.pid == pid)
+        .cloned()
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

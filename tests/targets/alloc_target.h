@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NOINLINE __attribute__((noinline, noipa))
 
@@ -134,6 +135,51 @@ static inline void print_churn(const char *function, int with_failed) {
     if (with_failed)
         printf(",\"failed_allocations\":%lu", stats.failed);
     printf("}}\n");
+}
+
+/*
+ * For targets whose work is spread over several processes (forks, execs), where every
+ * process prints its own lines on the shared stdout: each line names its process. Each
+ * is written at once by the fflush that follows it (a pipe write under PIPE_BUF is never
+ * interleaved with another process's).
+ */
+
+/* The truth of `t`, with this process's pid and its parent's. */
+static inline void print_process_truth(const struct truth *t) {
+    printf("{\"truth\":{\"function\":\"%s\",\"bytes\":%zu,\"count\":%zu,\"pid\":%ld,"
+           "\"ppid\":%ld}}\n",
+           t->function, t->bytes, t->count, (long)getpid(), (long)getppid());
+    fflush(stdout);
+}
+
+/* The churn line of `function` (stats since this process began, or forked), with this
+ * process's pid. */
+static inline void print_process_churn(const char *function) {
+    printf("{\"churn\":{\"function\":\"%s\",\"allocations\":%lu,\"frees\":%lu,\"pid\":%ld}}\n",
+           function, stats.allocations, stats.frees, (long)getpid());
+    fflush(stdout);
+}
+
+/* Replaces this process's image with the program `name` in this program's directory
+ * (NULL: this program again), given `argv`. Returns only to fail. */
+static inline void exec_beside(const char *name, char *const argv[]) {
+    char path[4096];
+    ssize_t length = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (length < 0)
+        die("readlink /proc/self/exe");
+    path[length] = '\0';
+    if (name != NULL) {
+        char *slash = strrchr(path, '/');
+        size_t dir = slash == NULL ? 0 : (size_t)(slash - path) + 1;
+        if (dir + strlen(name) >= sizeof path) {
+            fprintf(stderr, "%s: path too long\n", target_name);
+            exit(1);
+        }
+        strcpy(path + dir, name);
+    }
+    fflush(stdout);
+    execv(path, argv);
+    die(path);
 }
 
 /* "done"; with --wait, then EOF on stdin. */

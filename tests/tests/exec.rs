@@ -1,0 +1,124 @@
+//! An exec replaces a traced process's image: leakbpf follows it under the same pid, onto
+//! the new image's allocator when it is another object (a static executable has its own
+//! malloc), and drops every block the old image held: that memory is gone.
+//!
+//! exec_target (tests/targets/exec_target.c) leaks at leak_before_exec, pauses so that
+//! reports show it, execs, and leaks at leak_after_exec.
+
+use leakbpf_tests::{
+    EXEC_TARGET, Report, START_UP_ALLOCATIONS, TargetOutput, assert_churn_freed,
+    assert_churn_frees_counted, assert_nothing_dropped, check_reports, require_root, sum,
+    trace_pid, trace_spawn,
+};
+
+const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
+
+/// Several reports before the exec.
+const OPTIONS: [&str; 4] = ["--interval", "250ms", "--top", "1000"];
+const INTO_ITSELF: [&str; 2] = ["--pause-ms", "1500"];
+const INTO_STATIC: [&str; 3] = ["--pause-ms", "1500", "--then-static"];
+
+/// The reports on the exec_target process `pid`, against what it said; `new_image` is the
+/// program it execs (exec_target or exec_target_static).
+fn assert_exec_run(reports: &[Report], output: &TargetOutput, pid: u32, new_image: &str) {
+    let before = output.truth("leak_before_exec");
+    let after = output.truth("leak_after_exec");
+    for truth in [before, after] {
+        assert_eq!(
+            truth.extra_u64("pid"),
+            u64::from(pid),
+            "the traced process printed it, before or after its exec: {truth:?}"
+        );
+        assert!(truth.count > 0, "{truth:?}");
+    }
+    let last = check_reports(reports, pid);
+
+    // The old image was traced: its leak was reported while it lived, so its absence
+    // afterwards is a drop, not a miss.
+    assert!(
+        reports
+            .iter()
+            .any(|report| report.outstanding_at("leak_before_exec") == (before.bytes, before.count)),
+        "no report showed the {} B in {} blocks leaked before the exec:\n{}",
+        before.bytes,
+        before.count,
+        reports.iter().map(Report::describe).collect::<String>()
+    );
+    // Once the new image has leaked, the old one's blocks are never shown again.
+    let first_after = reports
+        .iter()
+        .position(|report| report.outstanding_at("leak_after_exec") != (0, 0))
+        .unwrap_or(reports.len());
+    for report in &reports[first_after..] {
+        assert_eq!(
+            report.outstanding_at("leak_before_exec"),
+            (0, 0),
+            "the old image's blocks, after the new image's leak:\n{}",
+            report.describe()
+        );
+    }
+
+    assert_eq!(
+        last.outstanding_at("leak_after_exec"),
+        (after.bytes, after.count),
+        "(bytes, allocations) leaked after the exec:\n{}",
+        last.describe()
+    );
+    // Its allocator is the new image's: in the static executable, its own malloc.
+    for site in last.sites_where(|site| site.function(0) == Some("leak_after_exec")) {
+        let module = site.frames[0].module.as_deref().unwrap_or_default();
+        assert!(
+            module.rsplit('/').next() == Some(new_image),
+            "leak_after_exec is in {module:?}, not in {new_image}:\n{}",
+            last.describe()
+        );
+    }
+    assert_eq!(
+        last.outstanding_at("leak_before_exec"),
+        (0, 0),
+        "nothing of the old image at leak_before_exec:\n{}",
+        last.describe()
+    );
+    // Nor under any other name: beyond its leak, the new image holds only what its
+    // start-up keeps (stdout's buffer...), far less than the old image leaked.
+    let (bytes, allocations) =
+        sum(last.sites_where(|site| site.function(0) != Some("leak_after_exec")));
+    assert!(
+        allocations <= START_UP_ALLOCATIONS && bytes < before.bytes,
+        "beyond its leak, the new image holds {bytes} B in {allocations} allocations ({} B \
+         were leaked before the exec):\n{}",
+        before.bytes,
+        last.describe()
+    );
+    assert_churn_freed(last);
+    assert_churn_frees_counted(last, output, 80_000);
+    assert_nothing_dropped(last);
+}
+
+#[test]
+fn exec_by_pid_reports_only_the_new_image() {
+    require_root();
+    let run = trace_pid(LEAKBPF, EXEC_TARGET, &INTO_ITSELF, &OPTIONS);
+    assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target");
+}
+
+#[test]
+fn exec_from_spawn_reports_only_the_new_image() {
+    require_root();
+    let run = trace_spawn(LEAKBPF, EXEC_TARGET, &INTO_ITSELF, &OPTIONS);
+    assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target");
+}
+
+#[test]
+fn exec_into_a_static_executable_by_pid_is_traced_in_it() {
+    require_root();
+    let run = trace_pid(LEAKBPF, EXEC_TARGET, &INTO_STATIC, &OPTIONS);
+    assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target_static");
+}
+
+#[test]
+fn exec_into_a_static_executable_from_spawn_is_traced_in_it() {
+    require_root();
+    let run = trace_spawn(LEAKBPF, EXEC_TARGET, &INTO_STATIC, &OPTIONS);
+    assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target_static");
+}

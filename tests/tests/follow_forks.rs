@@ -1,0 +1,342 @@
+//! --follow-forks: the processes a traced one creates after attach are traced too, down to
+//! grandchildren and through an exec, each with its own reports, its own final report
+//! and its own figures, counters included; without it, only the named process is.
+//!
+//! forker (tests/targets/forker.c) leaks at leak_in_parent, then forks 3 children and a
+//! child that execs; child 1 forks a grandchild. Each child forks after its parent's leak,
+//! so it holds a copy of those blocks: none of them is its own.
+
+use std::collections::BTreeSet;
+
+use leakbpf_tests::{
+    FORKER, Report, START_UP_ALLOCATIONS, TargetOutput, Traced, Truth, assert_nothing_dropped,
+    check_reports, reports_of, require_root, sum, trace_pid, trace_spawn,
+};
+
+const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
+
+const CHILDREN: usize = 3;
+const FORKER_ARGS: [&str; 2] = ["--children", "3"];
+const OPTIONS: [&str; 5] = ["--follow-forks", "--interval", "300ms", "--top", "1000"];
+
+/// Every leaking function of forker, at none of which a process holds another's blocks.
+const FUNCTIONS: [&str; 4] = [
+    "leak_in_parent",
+    "leak_in_child",
+    "leak_before_exec",
+    "leak_after_exec",
+];
+
+fn pid_of(truth: &Truth) -> u32 {
+    u32::try_from(truth.extra_u64("pid")).expect("a pid")
+}
+
+fn ppid_of(truth: &Truth) -> u32 {
+    u32::try_from(truth.extra_u64("ppid")).expect("a pid")
+}
+
+/// What forker's processes said about themselves.
+struct Tree {
+    parent: Truth,
+    /// The children's and the grandchild's leak_in_child.
+    leakers: Vec<Truth>,
+    grandchild: u32,
+    /// The exec child's leaks, before and after its exec.
+    before_exec: Truth,
+    after_exec: Truth,
+}
+
+impl Tree {
+    /// Reads the truths, checking they describe the tree forker makes.
+    fn of(output: &TargetOutput) -> Self {
+        let with = |function: &str| -> Vec<Truth> {
+            output
+                .truths
+                .iter()
+                .filter(|truth| truth.function == function)
+                .cloned()
+                .collect()
+        };
+        let [parent] = <[Truth; 1]>::try_from(with("leak_in_parent"))
+            .unwrap_or_else(|t| panic!("one leak_in_parent truth expected: {t:?}"));
+        let leakers = with("leak_in_child");
+        assert_eq!(
+            leakers.len(),
+            CHILDREN + 1,
+            "a truth from each child and the grandchild: {output:?}"
+        );
+        let pids: BTreeSet<u32> = leakers.iter().map(pid_of).collect();
+        assert_eq!(
+            pids.len(),
+            leakers.len(),
+            "one truth per process: {output:?}"
+        );
+        let grandchildren: Vec<&Truth> = leakers
+            .iter()
+            .filter(|truth| ppid_of(truth) != pid_of(&parent))
+            .collect();
+        assert_eq!(grandchildren.len(), 1, "one grandchild: {output:?}");
+        let grandchild = pid_of(grandchildren[0]);
+        assert!(
+            pids.contains(&ppid_of(grandchildren[0])),
+            "the grandchild's parent is a child: {output:?}"
+        );
+        let [before_exec] = <[Truth; 1]>::try_from(with("leak_before_exec"))
+            .unwrap_or_else(|t| panic!("one leak_before_exec truth expected: {t:?}"));
+        let [after_exec] = <[Truth; 1]>::try_from(with("leak_after_exec"))
+            .unwrap_or_else(|t| panic!("one leak_after_exec truth expected: {t:?}"));
+        assert_eq!(
+            pid_of(&before_exec),
+            pid_of(&after_exec),
+            "an exec keeps the pid"
+        );
+        assert_eq!(ppid_of(&before_exec), pid_of(&parent), "{output:?}");
+        for truth in leakers.iter().chain([&parent, &before_exec, &after_exec]) {
+            assert!(truth.count > 0, "{truth:?}");
+        }
+        Self {
+            parent,
+            leakers,
+            grandchild,
+            before_exec,
+            after_exec,
+        }
+    }
+
+    /// The fewest blocks a child's (or the grandchild's) churn freed.
+    fn least_churn_frees(&self, output: &TargetOutput) -> u64 {
+        self.leakers
+            .iter()
+            .map(|truth| churn_of(output, pid_of(truth)).1)
+            .min()
+            .expect("children")
+    }
+
+    fn pids(&self) -> BTreeSet<u32> {
+        self.leakers
+            .iter()
+            .chain([&self.parent, &self.before_exec])
+            .map(pid_of)
+            .collect()
+    }
+}
+
+/// The churn line of process `pid`: (allocations, frees).
+fn churn_of(output: &TargetOutput, pid: u32) -> (u64, u64) {
+    let churn = output
+        .json
+        .iter()
+        .filter_map(|value| value.get("churn"))
+        .find(|churn| churn["pid"].as_u64() == Some(u64::from(pid)))
+        .unwrap_or_else(|| panic!("no churn line from pid {pid}: {output:?}"));
+    (
+        churn["allocations"].as_u64().expect("churn.allocations"),
+        churn["frees"].as_u64().expect("churn.frees"),
+    )
+}
+
+/// The final report of `pid`, after checking all of its reports (numbered from 1, only
+/// about it, the last one final).
+fn final_of(reports: &[Report], pid: u32) -> Report {
+    let own = reports_of(reports, pid);
+    check_reports(&own, pid).clone()
+}
+
+/// `report` holds exactly `truth` at its function, and nothing at forker's other leaking
+/// functions.
+fn assert_holds_only(report: &Report, truth: &Truth, role: &str) {
+    for function in FUNCTIONS {
+        let expected = if function == truth.function {
+            (truth.bytes, truth.count)
+        } else {
+            (0, 0)
+        };
+        assert_eq!(
+            report.outstanding_at(function),
+            expected,
+            "(bytes, allocations) at {function} in the {role}'s final report:\n{}",
+            report.describe()
+        );
+    }
+}
+
+/// What every process of the tree must show in its final report.
+fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
+    let tree = Tree::of(output);
+    let reported: BTreeSet<u32> = reports.iter().map(|report| report.pid).collect();
+    assert_eq!(
+        reported,
+        tree.pids(),
+        "exactly the parent, its children, the grandchild (pid {}) and the exec'd child are \
+         reported",
+        tree.grandchild
+    );
+
+    // The parent: its own leak, none of its children's, and its own counters. Its
+    // children's churns freed tens of thousands of blocks; the parent frees none after
+    // its start-up.
+    let parent = final_of(reports, pid_of(&tree.parent));
+    assert_holds_only(&parent, &tree.parent, "parent");
+    let least_churn = tree.least_churn_frees(output);
+    match traced {
+        Traced::ByPid => {
+            assert_eq!(
+                (
+                    parent.totals.outstanding_bytes,
+                    parent.totals.outstanding_allocations
+                ),
+                (tree.parent.bytes, tree.parent.count),
+                "attached after start-up, the parent holds exactly its leak:\n{}",
+                parent.describe()
+            );
+            assert_eq!(
+                (parent.counters.allocations, parent.counters.frees),
+                (tree.parent.count, 0),
+                "the parent's counters count its own calls since attach, its leak alone:\n{}",
+                parent.describe()
+            );
+        }
+        Traced::FromSpawn => {
+            let (_, beyond) =
+                sum(parent.sites_where(|site| site.function(0) != Some("leak_in_parent")));
+            assert!(
+                beyond <= START_UP_ALLOCATIONS,
+                "{beyond} allocations beyond the parent's leak, more than a start-up keeps:\n{}",
+                parent.describe()
+            );
+            assert!(
+                parent.counters.frees < least_churn,
+                "the parent's counters are its own, not its children's (each freed at least \
+                 {least_churn}):\n{}",
+                parent.describe()
+            );
+        }
+    }
+    assert_nothing_dropped(&parent);
+
+    // Each child and the grandchild: exactly its leak (a fork comes after the start-up,
+    // however it was traced), its churn freed, its own counters.
+    for truth in &tree.leakers {
+        let pid = pid_of(truth);
+        let role = if pid == tree.grandchild {
+            format!("grandchild (pid {pid})")
+        } else {
+            format!("child (pid {pid})")
+        };
+        let report = final_of(reports, pid);
+        assert_holds_only(&report, truth, &role);
+        assert_eq!(
+            (
+                report.totals.outstanding_bytes,
+                report.totals.outstanding_allocations
+            ),
+            (truth.bytes, truth.count),
+            "the {role} holds exactly its leak:\n{}",
+            report.describe()
+        );
+        let (allocations, frees) = churn_of(output, pid);
+        let counters = report.counters;
+        // Every churn round frees 4 blocks with free() (and moves one with realloc, which
+        // leakbpf may count as frees too): the counts of all five processes together
+        // would be several times these.
+        assert!(
+            counters.frees >= frees && counters.frees < 2 * frees,
+            "the {role} freed {frees} blocks, leakbpf counted {}:\n{}",
+            counters.frees,
+            report.describe()
+        );
+        assert!(
+            counters.allocations >= frees + truth.count
+                && counters.allocations <= allocations + truth.count,
+            "the {role} made {} allocations ({frees} of them by malloc, calloc or \
+             posix_memalign), leakbpf counted {}:\n{}",
+            allocations + truth.count,
+            counters.allocations,
+            report.describe()
+        );
+        assert_nothing_dropped(&report);
+    }
+
+    // The exec'd child: only what its new image holds; the blocks of the image it had
+    // before are gone with it.
+    let pid = pid_of(&tree.after_exec);
+    let report = final_of(reports, pid);
+    let role = format!("exec'd child (pid {pid})");
+    assert_holds_only(&report, &tree.after_exec, &role);
+    let (bytes, allocations) =
+        sum(report.sites_where(|site| site.function(0) != Some("leak_after_exec")));
+    assert!(
+        allocations <= START_UP_ALLOCATIONS && bytes < tree.before_exec.bytes,
+        "beyond its leak, the {role} holds {bytes} B in {allocations} allocations: more than \
+         its new image's start-up ({} B were leaked before the exec):\n{}",
+        tree.before_exec.bytes,
+        report.describe()
+    );
+}
+
+#[test]
+fn follow_forks_by_pid_reports_each_descendant_apart() {
+    require_root();
+    let run = trace_pid(LEAKBPF, FORKER, &FORKER_ARGS, &OPTIONS);
+    assert_eq!(pid_of(&Tree::of(&run.truth).parent), run.pid);
+    assert_tree(&run.reports, &run.truth, Traced::ByPid);
+}
+
+#[test]
+fn follow_forks_from_spawn_reports_each_descendant_apart() {
+    require_root();
+    let run = trace_spawn(LEAKBPF, FORKER, &FORKER_ARGS, &OPTIONS);
+    assert_tree(&run.reports, &run.truth, Traced::FromSpawn);
+}
+
+/// Without --follow-forks: reports on the parent alone, with its figures alone.
+fn assert_parent_only(reports: &[Report], output: &TargetOutput, traced: Traced) {
+    let tree = Tree::of(output);
+    let pid = pid_of(&tree.parent);
+    let report = check_reports(reports, pid);
+    assert_holds_only(report, &tree.parent, "parent");
+    // Each child freed tens of thousands of blocks; the parent none after its start-up.
+    let least_churn = tree.least_churn_frees(output);
+    assert!(
+        report.counters.frees < least_churn,
+        "the children's frees are not counted:\n{}",
+        report.describe()
+    );
+    if traced == Traced::ByPid {
+        assert_eq!(
+            (
+                report.totals.outstanding_bytes,
+                report.totals.outstanding_allocations,
+                report.counters.allocations
+            ),
+            (tree.parent.bytes, tree.parent.count, tree.parent.count),
+            "the parent's figures alone:\n{}",
+            report.describe()
+        );
+    }
+}
+
+#[test]
+fn without_follow_forks_no_child_is_reported_by_pid() {
+    require_root();
+    let run = trace_pid(
+        LEAKBPF,
+        FORKER,
+        &FORKER_ARGS,
+        &["--interval", "300ms", "--top", "1000"],
+    );
+    assert_eq!(pid_of(&Tree::of(&run.truth).parent), run.pid);
+    assert_parent_only(&run.reports, &run.truth, Traced::ByPid);
+}
+
+#[test]
+fn without_follow_forks_no_child_is_reported_from_spawn() {
+    require_root();
+    let run = trace_spawn(
+        LEAKBPF,
+        FORKER,
+        &FORKER_ARGS,
+        &["--interval", "300ms", "--top", "1000"],
+    );
+    assert_parent_only(&run.reports, &run.truth, Traced::FromSpawn);
+}

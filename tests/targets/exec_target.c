@@ -3,14 +3,16 @@
  * After an exec only the new image's blocks exist: the old image's memory is gone.
  *
  *   exec_target [--wait] [--pause-ms MS] [--then-static] [--rounds N]
- *   exec_target --after-exec [--wait] [--rounds N]       (the image after the exec)
+ *   exec_target --after-exec [--wait] [--pause-ms MS] [--rounds N]   (the new image)
  *
  * Before the exec: 8 blocks of 50000 bytes at leak_before_exec, a churn (all freed), its
  * truth line (with its pid), then a pause of MS milliseconds (0), so that reports can
  * show the leak, then it execs itself as `--after-exec`; with --then-static it execs
  * exec_target_static, this program linked statically (gcc -static: its malloc is in the
  * executable), which it finds next to itself.
- * After the exec: 9 blocks of 333 bytes at leak_after_exec, a churn (all freed), its
+ * After the exec: the same pause first (leakbpf misses what a new image allocates before
+ * it has attached to its allocator, a static executable's own malloc: that takes it
+ * milliseconds), then 9 blocks of 333 bytes at leak_after_exec, a churn (all freed), its
  * truth line (with the same pid) and churn line, "done"; with --wait, then EOF on stdin.
  *
  * Protocol: see alloc_target.h; "ready" and go (with --wait) come before the exec, "done"
@@ -56,7 +58,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     int wait = 0, after = 0, then_static = 0;
     unsigned long pause = 0, rounds = 20000;
-    char rounds_text[32];
+    char rounds_text[32], pause_text[32];
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--wait") == 0)
             wait = 1;
@@ -73,6 +75,7 @@ int main(int argc, char **argv) {
     }
 
     if (after) {
+        pause_ms(pause);
         struct truth t = {"leak_after_exec", 0, 0};
         leak_after_exec(&t);
         churn(rounds);
@@ -89,8 +92,9 @@ int main(int argc, char **argv) {
     print_process_truth(&t);
     pause_ms(pause);
     snprintf(rounds_text, sizeof rounds_text, "%lu", rounds);
-    char *next[] = {"exec_target", "--after-exec", "--rounds", rounds_text,
-                    wait ? "--wait" : NULL, NULL};
+    snprintf(pause_text, sizeof pause_text, "%lu", pause);
+    char *next[] = {"exec_target", "--after-exec", "--rounds", rounds_text, "--pause-ms",
+                    pause_text, wait ? "--wait" : NULL, NULL};
     exec_beside(then_static ? "exec_target_static" : NULL, next);
     return 1;
 }

@@ -4,7 +4,7 @@
  * execs this program again. Every process leaks its own amount and prints its own truth.
  *
  *   forker [--wait] [--children N] [--rounds N]      (3 children, 20000 churn rounds)
- *   forker --after-exec ACK_FD [--wait]              (the exec'd child's new image)
+ *   forker --after-exec ACK_FD [--wait] [--rounds N] (the exec'd child's new image)
  *
  * The processes, each numbered k (its "index" in its truth line):
  * - the parent: 7 blocks of 4321 bytes at leak_in_parent; no churn. It forks the others
@@ -14,7 +14,8 @@
  *   The grandchild's parent forks it after its own leak.
  * - the exec child, k = N + 1: (k + 1) blocks of (2000 + 111 k) bytes at
  *   leak_before_exec, then it execs `forker --after-exec`, whose image leaks 5 blocks of
- *   777 bytes at leak_after_exec: what the process holds at the end.
+ *   777 bytes at leak_after_exec, what the process holds at the end, and churns like a
+ *   child (so it lives on after its leak like the others).
  *
  * Protocol (see alloc_target.h), over all the processes: with --wait, "ready" and a line
  * on stdin, from the parent. Each process prints its truth line (with its pid and its
@@ -129,22 +130,26 @@ static void child(int index, int grandchild_index, int forks_grandchild, unsigne
     _exit(ok ? 0 : 1);
 }
 
-/* The exec child: leaks, then becomes `forker --after-exec ACK_FD [--wait]`. */
-static void exec_child(int index, int ack, int wait) {
+/* The exec child: leaks, then becomes `forker --after-exec ACK_FD --rounds N [--wait]`. */
+static void exec_child(int index, unsigned long rounds, int ack, int wait) {
     struct truth t = {"leak_before_exec", 0, 0};
     leak_before_exec(&t, index);
     print_process_truth(&t);
-    char fd[32];
+    char fd[32], rounds_text[32];
     snprintf(fd, sizeof fd, "%d", ack);
-    char *argv[] = {"forker", "--after-exec", fd, wait ? "--wait" : NULL, NULL};
+    snprintf(rounds_text, sizeof rounds_text, "%lu", rounds);
+    char *argv[] = {"forker", "--after-exec", fd, "--rounds", rounds_text,
+                    wait ? "--wait" : NULL, NULL};
     exec_beside(NULL, argv);
 }
 
 /* The exec child's new image. */
-static int after_exec(int ack, int wait) {
+static int after_exec(int ack, unsigned long rounds, int wait) {
     struct truth t = {"leak_after_exec", 0, 0};
     leak_after_exec(&t);
+    churn(rounds);
     print_process_truth(&t);
+    print_process_churn("churn");
     acknowledge(ack);
     hold(wait);
     return 0;
@@ -152,7 +157,7 @@ static int after_exec(int ack, int wait) {
 
 static void usage(void) {
     fprintf(stderr, "usage: forker [--wait] [--children N] [--rounds N]\n"
-                    "       forker --after-exec ACK_FD [--wait]\n");
+                    "       forker --after-exec ACK_FD [--wait] [--rounds N]\n");
     exit(2);
 }
 
@@ -173,7 +178,7 @@ int main(int argc, char **argv) {
             usage();
     }
     if (ack_fd >= 0)
-        return after_exec(ack_fd, wait);
+        return after_exec(ack_fd, rounds, wait);
     if (children < 1 || children > MAX_CHILDREN)
         usage();
 
@@ -197,7 +202,7 @@ int main(int argc, char **argv) {
             continue;
         close(ack[0]);
         if (k == n)
-            exec_child(n + 1, ack[1], wait);
+            exec_child(n + 1, rounds, ack[1], wait);
         else
             child(k, n, k == forker_of_grandchild, rounds, ack[1], wait);
         _exit(1);

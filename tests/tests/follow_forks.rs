@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 
 use leakbpf_tests::{
-    FORKER, Report, START_UP_ALLOCATIONS, TargetOutput, Traced, Truth, assert_nothing_dropped,
-    check_reports, reports_of, require_root, sum, trace_pid, trace_spawn,
+    FORKER, Report, START_UP_ALLOCATIONS, TargetOutput, Traced, Truth, assert_churn_freed,
+    assert_nothing_dropped, check_reports, reports_of, require_root, sum, trace_pid, trace_spawn,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -237,7 +237,7 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
         let (allocations, frees) = churn_of(output, pid);
         let counters = report.counters;
         // Every churn round frees 4 blocks with free() (and moves one with realloc, which
-        // leakbpf may count as frees too): the counts of all five processes together
+        // leakbpf may count as frees too): the counts of all the processes together
         // would be several times these.
         assert!(
             counters.frees >= frees && counters.frees < 2 * frees,
@@ -272,6 +272,15 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
         tree.before_exec.bytes,
         report.describe()
     );
+    assert_churn_freed(&report);
+    let (_, frees) = churn_of(output, pid);
+    assert!(
+        report.counters.frees >= frees && report.counters.frees < 2 * frees,
+        "the {role} freed {frees} blocks (none before its exec), leakbpf counted {}:\n{}",
+        report.counters.frees,
+        report.describe()
+    );
+    assert_nothing_dropped(&report);
 }
 
 #[test]

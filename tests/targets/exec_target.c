@@ -2,8 +2,8 @@
  * exec_target: leaks, then execs, and leaks again as a new image in the same process.
  * After an exec only the new image's blocks exist: the old image's memory is gone.
  *
- *   exec_target [--wait] [--pause-ms MS] [--then-static] [--rounds N]
- *   exec_target --after-exec [--wait] [--pause-ms MS] [--rounds N]   (the new image)
+ *   exec_target [--wait] [--pause-ms MS] [--then-static] [--exit-when-probed] [--rounds N]
+ *   exec_target --after-exec [--wait] [--pause-ms MS] [--exit-when-probed] [--rounds N]
  *
  * Before the exec: 8 blocks of 50000 bytes at leak_before_exec, a churn (all freed), its
  * truth line (with its pid), then a pause of MS milliseconds (0), so that reports can
@@ -14,6 +14,11 @@
  * it has attached to its allocator, a static executable's own malloc: that takes it
  * milliseconds), then 9 blocks of 333 bytes at leak_after_exec, a churn (all freed), its
  * truth line (with the same pid) and churn line, "done"; with --wait, then EOF on stdin.
+ * With --exit-when-probed (and --then-static: a tracer probes the static image only once
+ * it is running, while a C library's probes are in before main), the new image then
+ * waits until a tracer's first uprobe is in its allocation functions (a breakpoint
+ * written over one of their first bytes) and exits at once, without waiting for EOF:
+ * while the tracer is still attaching its other probes.
  *
  * Protocol: see alloc_target.h; "ready" and go (with --wait) come before the exec, "done"
  * after it. The truth lines name the process (print_process_truth).
@@ -41,22 +46,56 @@ NOINLINE void churn(unsigned long rounds) {
     }
 }
 
-static void pause_ms(unsigned long ms) {
-    struct timespec left = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+static void pause_us(unsigned long us) {
+    struct timespec left = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000L};
     while (nanosleep(&left, &left) != 0) {
         if (errno != EINTR)
             die("nanosleep");
     }
 }
 
+/* The first bytes of the allocation functions, where uprobes write their breakpoints. */
+#define WATCHED_BYTES 64
+typedef void (*function)(void);
+static const function watched[] = {
+    (function)malloc, (function)calloc,         (function)realloc,
+    (function)free,   (function)posix_memalign, (function)aligned_alloc,
+};
+#define WATCHED (sizeof watched / sizeof watched[0])
+
+static void read_watched(unsigned char bytes[WATCHED][WATCHED_BYTES]) {
+    for (size_t f = 0; f < WATCHED; f++) {
+        const volatile unsigned char *code = (const volatile unsigned char *)(void *)watched[f];
+        for (size_t i = 0; i < WATCHED_BYTES; i++)
+            bytes[f][i] = code[i];
+    }
+}
+
+/* Returns once one of the allocation functions' first bytes has changed since `before`;
+ * exits 1 after 30 s. */
+static void await_probe(unsigned char before[WATCHED][WATCHED_BYTES]) {
+    static unsigned char now[WATCHED][WATCHED_BYTES];
+    for (int i = 0; i < 300000; i++) {
+        read_watched(now);
+        if (memcmp(before, now, sizeof now) != 0)
+            return;
+        pause_us(100);
+    }
+    fprintf(stderr, "exec_target: no probe in malloc, calloc, realloc, free, posix_memalign "
+                    "or aligned_alloc after 30 s\n");
+    exit(1);
+}
+
 static void usage(void) {
-    fprintf(stderr, "usage: exec_target [--wait] [--pause-ms MS] [--then-static] [--rounds N]\n"
-                    "       exec_target --after-exec [--wait] [--rounds N]\n");
+    fprintf(stderr, "usage: exec_target [--wait] [--pause-ms MS] [--then-static] "
+                    "[--exit-when-probed] [--rounds N]\n"
+                    "       exec_target --after-exec [--wait] [--pause-ms MS] "
+                    "[--exit-when-probed] [--rounds N]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    int wait = 0, after = 0, then_static = 0;
+    int wait = 0, after = 0, then_static = 0, exit_when_probed = 0;
     unsigned long pause = 0, rounds = 20000;
     char rounds_text[32], pause_text[32];
     for (int i = 1; i < argc; i++) {
@@ -66,6 +105,8 @@ int main(int argc, char **argv) {
             after = 1;
         else if (strcmp(argv[i], "--then-static") == 0)
             then_static = 1;
+        else if (strcmp(argv[i], "--exit-when-probed") == 0)
+            exit_when_probed = 1;
         else if (strcmp(argv[i], "--pause-ms") == 0 && i + 1 < argc)
             pause = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
@@ -75,12 +116,19 @@ int main(int argc, char **argv) {
     }
 
     if (after) {
-        pause_ms(pause);
+        /* Before any probe can be there: the tracer learns of the exec only now. */
+        static unsigned char unprobed[WATCHED][WATCHED_BYTES];
+        read_watched(unprobed);
+        pause_us(pause * 1000);
         struct truth t = {"leak_after_exec", 0, 0};
         leak_after_exec(&t);
         churn(rounds);
         print_process_truth(&t);
         print_process_churn("churn");
+        if (exit_when_probed) {
+            await_probe(unprobed);
+            wait = 0;
+        }
         finish(wait);
         return 0;
     }
@@ -90,11 +138,17 @@ int main(int argc, char **argv) {
     leak_before_exec(&t);
     churn(rounds);
     print_process_truth(&t);
-    pause_ms(pause);
+    pause_us(pause * 1000);
     snprintf(rounds_text, sizeof rounds_text, "%lu", rounds);
     snprintf(pause_text, sizeof pause_text, "%lu", pause);
-    char *next[] = {"exec_target", "--after-exec", "--rounds", rounds_text, "--pause-ms",
-                    pause_text, wait ? "--wait" : NULL, NULL};
+    char *next[9] = {"exec_target", "--after-exec", "--rounds", rounds_text, "--pause-ms",
+                     pause_text};
+    int n = 6;
+    if (wait)
+        next[n++] = "--wait";
+    if (exit_when_probed)
+        next[n++] = "--exit-when-probed";
+    next[n] = NULL;
     exec_beside(then_static ? "exec_target_static" : NULL, next);
     return 1;
 }

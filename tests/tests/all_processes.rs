@@ -13,8 +13,8 @@ use std::{
 };
 
 use leakbpf_tests::{
-    Agent, BIG_LEAKER, Report, START_UP_ALLOCATIONS, Target, Truth, check_reports, reports_of,
-    require_root, sum,
+    Agent, BIG_LEAKER, KernelObjects, Report, START_UP_ALLOCATIONS, Target, Truth, check_reports,
+    reports_of, require_root, sum,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -260,6 +260,68 @@ fn a_process_started_after_attach_is_traced() {
         beyond <= START_UP_ALLOCATIONS,
         "{beyond} allocations beyond its leak:\n{}",
         report.describe()
+    );
+}
+
+#[test]
+fn the_c_library_is_probed_once_however_many_processes_use_it() {
+    require_root();
+    let _alone = one_run_at_a_time();
+    let agent = attach_all(&["--format", "json", "--interval", "300ms"]);
+    let before = KernelObjects::of(agent.pid()).links;
+    // New processes that allocate through the C library, and nothing else: leakbpf has
+    // probed it in every process already.
+    let mut leakers = Leakers::start(&[1, 1, 1, 1]);
+    leakers.leak();
+    thread::sleep(Duration::from_millis(900));
+    let after = KernelObjects::of(agent.pid()).links;
+    leakers.finish();
+    leakbpf_tests::signal(agent.pid(), libc::SIGINT);
+    let finished = agent.wait();
+    finished.assert_success();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "leakbpf held {} links (probes and tracepoints) once attached, {} after 4 processes \
+         using the same C library started: the library's functions are probed again for \
+         each process, so every allocation on the system runs the programs that many more \
+         times",
+        before.len(),
+        after.len()
+    );
+}
+
+#[test]
+fn short_lived_processes_do_not_end_the_run() {
+    require_root();
+    let _alone = one_run_at_a_time();
+    let agent = attach_all(&["--format", "json", "--interval", "300ms"]);
+    // Thousands of processes come and go on a real system: some are gone before leakbpf
+    // is done looking at them (their maps read, their objects opened through
+    // /proc/PID/root).
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut started = 0;
+    while std::time::Instant::now() < until {
+        let status = std::process::Command::new("sleep")
+            .arg("0.003")
+            .status()
+            .expect("cannot run sleep");
+        assert!(status.success());
+        started += 1;
+    }
+    leakbpf_tests::signal(agent.pid(), libc::SIGINT);
+    let finished = agent.wait();
+    assert!(
+        finished.status.success(),
+        "leakbpf --all ended with {} while {started} short-lived processes came and went; \
+         stderr:\n{}",
+        finished.status,
+        finished.stderr
+    );
+    finished.assert_no_panic();
+    assert!(
+        finished.reports().iter().any(|report| report.is_final),
+        "final reports at SIGINT"
     );
 }
 

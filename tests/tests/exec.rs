@@ -6,7 +6,7 @@
 //! reports show it, execs, and leaks at leak_after_exec.
 
 use leakbpf_tests::{
-    EXEC_TARGET, Report, START_UP_ALLOCATIONS, TargetOutput, assert_churn_freed,
+    Agent, EXEC_TARGET, Report, START_UP_ALLOCATIONS, Target, TargetOutput, assert_churn_freed,
     assert_churn_frees_counted, assert_nothing_dropped, check_reports, require_root, sum,
     trace_pid, trace_spawn,
 };
@@ -121,4 +121,58 @@ fn exec_into_a_static_executable_from_spawn_is_traced_in_it() {
     require_root();
     let run = trace_spawn(LEAKBPF, EXEC_TARGET, &INTO_STATIC, &OPTIONS);
     assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target_static");
+}
+
+/// exec_target into its static build, whose new image exits as soon as leakbpf's first
+/// probe is in its malloc family, while leakbpf is still attaching the others.
+fn exec_into_static_and_exit_while_probed() {
+    let mut target = Target::start(
+        EXEC_TARGET,
+        &["--then-static", "--exit-when-probed", "--rounds", "0"],
+    );
+    let pid = target.pid().to_string();
+    let mut agent = Agent::spawn(
+        LEAKBPF,
+        ["--pid", pid.as_str(), "--format", "json"]
+            .iter()
+            .chain(&OPTIONS),
+    );
+    agent.wait_attached();
+    target.go();
+    let truth = target.read_until_done();
+    target.finish();
+    let finished = agent.wait();
+    assert!(
+        finished.status.success(),
+        "leakbpf ended with {} when the process exited while it attached to its new \
+         image; stderr:\n{}",
+        finished.status,
+        finished.stderr
+    );
+    finished.assert_no_panic();
+    let reports = finished.reports();
+    let last = check_reports(&reports, target.pid());
+    assert_eq!(
+        truth.truth("leak_after_exec").extra_u64("pid"),
+        u64::from(target.pid())
+    );
+    assert_eq!(
+        last.outstanding_at("leak_before_exec"),
+        (0, 0),
+        "the old image's blocks are gone with it:\n{}",
+        last.describe()
+    );
+}
+
+#[test]
+fn a_process_gone_while_its_new_image_is_probed_keeps_its_final_report() {
+    require_root();
+    // A process may exit at any time, even while leakbpf attaches to its new image after
+    // an exec: what that image allocated until the attach is missed (README, Limits), but
+    // the run goes on and ends as every run does, with a final report. The exit comes
+    // within microseconds of the first probe; a few runs, for the instants when the other
+    // probes are attached.
+    for _ in 0..5 {
+        exec_into_static_and_exit_while_probed();
+    }
 }

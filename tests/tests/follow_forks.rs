@@ -349,3 +349,30 @@ fn without_follow_forks_no_child_is_reported_from_spawn() {
     );
     assert_parent_only(&run.reports, &run.truth, Traced::FromSpawn);
 }
+
+#[test]
+fn follow_forks_from_spawn_names_the_leaks_of_processes_that_exit_at_once() {
+    require_root();
+    // No churn: each process leaks, prints its truth and exits at once, before the
+    // agent has read its memory map. Started commands are held at their exit until their
+    // stacks are named; so must the processes they start be.
+    let run = trace_spawn(
+        LEAKBPF,
+        FORKER,
+        &["--children", "3", "--rounds", "0"],
+        &OPTIONS,
+    );
+    let tree = Tree::of(&run.truth);
+    for truth in tree.leakers.iter().chain([&tree.after_exec]) {
+        let pid = pid_of(truth);
+        let report = final_of(&run.reports, pid);
+        assert_eq!(
+            report.outstanding_at(&truth.function),
+            (truth.bytes, truth.count),
+            "(bytes, allocations) at {} in the final report of pid {pid}, which exited at \
+             once:\n{}",
+            truth.function,
+            report.describe()
+        );
+    }
+}

@@ -160,23 +160,29 @@ static inline void print_process_churn(const char *function) {
     fflush(stdout);
 }
 
-/* Replaces this process's image with the program `name` in this program's directory
- * (NULL: this program again), given `argv`. Returns only to fail. */
-static inline void exec_beside(const char *name, char *const argv[]) {
-    char path[4096];
-    ssize_t length = readlink("/proc/self/exe", path, sizeof path - 1);
+/* The path of the program `name` in this program's directory (NULL: this program), into
+ * `path` (4096 bytes). */
+static inline void program_beside(const char *name, char path[4096]) {
+    ssize_t length = readlink("/proc/self/exe", path, 4096 - 1);
     if (length < 0)
         die("readlink /proc/self/exe");
     path[length] = '\0';
     if (name != NULL) {
         char *slash = strrchr(path, '/');
         size_t dir = slash == NULL ? 0 : (size_t)(slash - path) + 1;
-        if (dir + strlen(name) >= sizeof path) {
+        if (dir + strlen(name) >= 4096) {
             fprintf(stderr, "%s: path too long\n", target_name);
             exit(1);
         }
         strcpy(path + dir, name);
     }
+}
+
+/* Replaces this process's image with the program `name` in this program's directory
+ * (NULL: this program again), given `argv`. Returns only to fail. */
+static inline void exec_beside(const char *name, char *const argv[]) {
+    char path[4096];
+    program_beside(name, path);
     fflush(stdout);
     execv(path, argv);
     die(path);

@@ -1,12 +1,13 @@
 /*
  * forker: a process tree, for --follow-forks. The parent leaks at leak_in_parent, then
  * forks N children; child 1 (or 0, with one child) forks a grandchild; one more child
- * execs this program again. Every process leaks its own amount and prints its own truth.
+ * execs this program again; a last one is started with posix_spawn. Every process leaks
+ * its own amount and prints its own truth.
  *
  *   forker [--wait] [--children N] [--rounds N]      (3 children, 20000 churn rounds)
- *   forker --after-exec ACK_FD [--wait] [--rounds N] (the exec'd child's new image)
+ *   forker --after-exec ACK_FD [--wait] [--rounds N] (the exec'd and spawned images)
  *
- * The processes, each numbered k (its "index" in its truth line):
+ * The processes, each numbered k:
  * - the parent: 7 blocks of 4321 bytes at leak_in_parent; no churn. It forks the others
  *   after its leak: they hold copies of its blocks, which are not theirs to report.
  * - child k, k = 0..N-1, and the grandchild, k = N: (k + 1) blocks of (2000 + 111 k)
@@ -16,6 +17,9 @@
  *   leak_before_exec, then it execs `forker --after-exec`, whose image leaks 5 blocks of
  *   777 bytes at leak_after_exec, what the process holds at the end, and churns like a
  *   child (so it lives on after its leak like the others).
+ * - the spawned child, k = N + 2: posix_spawn starts it (glibc: a clone sharing the
+ *   parent's memory, CLONE_VM | CLONE_VFORK, that execs at once) as `forker --after-exec`,
+ *   which leaks and churns as above.
  *
  * Protocol (see alloc_target.h), over all the processes: with --wait, "ready" and a line
  * on stdin, from the parent. Each process prints its truth line (with its pid and its
@@ -26,6 +30,7 @@
  * children before it exits, and exits 1 if one failed.
  */
 #define _GNU_SOURCE
+#include <spawn.h>
 #include <sys/wait.h>
 
 #include "alloc_target.h"
@@ -143,7 +148,26 @@ static void exec_child(int index, unsigned long rounds, int ack, int wait) {
     exec_beside(NULL, argv);
 }
 
-/* The exec child's new image. */
+/* Starts `forker --after-exec ACK_FD --rounds N [--wait]` with posix_spawn. */
+static pid_t spawn_child(int ack, unsigned long rounds, int wait) {
+    extern char **environ;
+    char path[4096], fd[32], rounds_text[32];
+    program_beside(NULL, path);
+    snprintf(fd, sizeof fd, "%d", ack);
+    snprintf(rounds_text, sizeof rounds_text, "%lu", rounds);
+    char *argv[] = {"forker", "--after-exec", fd, "--rounds", rounds_text,
+                    wait ? "--wait" : NULL, NULL};
+    fflush(stdout);
+    pid_t pid;
+    int err = posix_spawn(&pid, path, NULL, NULL, argv, environ);
+    if (err != 0) {
+        errno = err;
+        die("posix_spawn");
+    }
+    return pid;
+}
+
+/* The exec child's (and the spawned child's) new image. */
 static int after_exec(int ack, unsigned long rounds, int wait) {
     struct truth t = {"leak_after_exec", 0, 0};
     leak_after_exec(&t);
@@ -192,10 +216,10 @@ int main(int argc, char **argv) {
         die("pipe");
     int n = (int)children;
     /* The children, the grandchild (forked by child 1, or by 0 when alone), the exec
-     * child. */
+     * child, the spawned child. */
     int forker_of_grandchild = n > 1 ? 1 : 0;
-    int expected = n + 2;
-    pid_t pids[MAX_CHILDREN + 1];
+    int expected = n + 3;
+    pid_t pids[MAX_CHILDREN + 2];
     for (int k = 0; k <= n; k++) {
         pids[k] = fork_or_die();
         if (pids[k] != 0)
@@ -207,6 +231,7 @@ int main(int argc, char **argv) {
             child(k, n, k == forker_of_grandchild, rounds, ack[1], wait);
         _exit(1);
     }
+    pids[n + 1] = spawn_child(ack[1], rounds, wait);
     close(ack[1]);
 
     /* Every process's lines come before "done". */
@@ -225,12 +250,12 @@ int main(int argc, char **argv) {
 
     int ok = 1;
     if (!wait) {
-        for (int k = 0; k <= n; k++)
+        for (int k = 0; k <= n + 1; k++)
             ok &= reap(pids[k]);
     }
     finish(wait);
     if (wait) {
-        for (int k = 0; k <= n; k++)
+        for (int k = 0; k <= n + 1; k++)
             ok &= reap(pids[k]);
     }
     return ok ? 0 : 1;

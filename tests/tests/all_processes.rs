@@ -226,14 +226,16 @@ fn the_top_processes_are_reported_each_interval_with_their_own_figures() {
 fn a_process_started_after_attach_is_traced() {
     require_root();
     let _alone = one_run_at_a_time();
+    // Every process holding anything is reported: leakbpf itself must not be among them.
     let agent = attach_all(&[
         "--format",
         "json",
         "--interval",
         "300ms",
         "--top-processes",
-        "3",
+        "1000",
     ]);
+    let agent_pid = agent.pid();
     // Started after the attach: it maps the C library only now.
     let mut leakers = Leakers::start(&[250]);
     leakers.leak();
@@ -244,6 +246,10 @@ fn a_process_started_after_attach_is_traced() {
     finished.assert_success();
     leakers.finish();
     let reports = finished.reports();
+    assert!(
+        reports.iter().all(|report| report.pid != agent_pid),
+        "leakbpf (pid {agent_pid}) reported on itself: its own allocations are not traced"
+    );
     let pid = leakers.pid(0);
     let own = reports_of(&reports, pid);
     let report = check_reports(&own, pid);

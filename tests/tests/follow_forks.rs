@@ -3,8 +3,9 @@
 //! and its own figures, counters included; without it, only the named process is.
 //!
 //! forker (tests/targets/forker.c) leaks at leak_in_parent, then forks 3 children and a
-//! child that execs; child 1 forks a grandchild. Each child forks after its parent's leak,
-//! so it holds a copy of those blocks: none of them is its own.
+//! child that execs, and starts one more with posix_spawn; child 1 forks a grandchild.
+//! Each child forks after its parent's leak, so it holds a copy of those blocks: none of
+//! them is its own.
 
 use std::collections::BTreeSet;
 
@@ -44,6 +45,8 @@ struct Tree {
     /// The exec child's leaks, before and after its exec.
     before_exec: Truth,
     after_exec: Truth,
+    /// The posix_spawn'd child's leak.
+    spawned: Truth,
 }
 
 impl Tree {
@@ -83,15 +86,22 @@ impl Tree {
         );
         let [before_exec] = <[Truth; 1]>::try_from(with("leak_before_exec"))
             .unwrap_or_else(|t| panic!("one leak_before_exec truth expected: {t:?}"));
-        let [after_exec] = <[Truth; 1]>::try_from(with("leak_after_exec"))
-            .unwrap_or_else(|t| panic!("one leak_after_exec truth expected: {t:?}"));
-        assert_eq!(
-            pid_of(&before_exec),
-            pid_of(&after_exec),
-            "an exec keeps the pid"
-        );
-        assert_eq!(ppid_of(&before_exec), pid_of(&parent), "{output:?}");
-        for truth in leakers.iter().chain([&parent, &before_exec, &after_exec]) {
+        // The exec'd child's, under the pid it had before its exec (an exec keeps it), and
+        // the spawned child's.
+        let (after_exec, spawned): (Vec<Truth>, Vec<Truth>) = with("leak_after_exec")
+            .into_iter()
+            .partition(|truth| pid_of(truth) == pid_of(&before_exec));
+        let [after_exec] = <[Truth; 1]>::try_from(after_exec)
+            .unwrap_or_else(|t| panic!("one leak_after_exec truth from the exec'd child: {t:?}"));
+        let [spawned] = <[Truth; 1]>::try_from(spawned)
+            .unwrap_or_else(|t| panic!("one leak_after_exec truth from the spawned child: {t:?}"));
+        for truth in [&before_exec, &spawned] {
+            assert_eq!(ppid_of(truth), pid_of(&parent), "{output:?}");
+        }
+        for truth in leakers
+            .iter()
+            .chain([&parent, &before_exec, &after_exec, &spawned])
+        {
             assert!(truth.count > 0, "{truth:?}");
         }
         Self {
@@ -100,6 +110,7 @@ impl Tree {
             grandchild,
             before_exec,
             after_exec,
+            spawned,
         }
     }
 
@@ -115,7 +126,7 @@ impl Tree {
     fn pids(&self) -> BTreeSet<u32> {
         self.leakers
             .iter()
-            .chain([&self.parent, &self.before_exec])
+            .chain([&self.parent, &self.before_exec, &self.spawned])
             .map(pid_of)
             .collect()
     }
@@ -167,8 +178,8 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
     assert_eq!(
         reported,
         tree.pids(),
-        "exactly the parent, its children, the grandchild (pid {}) and the exec'd child are \
-         reported",
+        "exactly the parent, its children, the grandchild (pid {}), the exec'd child and the \
+         spawned child are reported",
         tree.grandchild
     );
 
@@ -260,27 +271,43 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
     // The exec'd child: only what its new image holds; the blocks of the image it had
     // before are gone with it.
     let pid = pid_of(&tree.after_exec);
-    let report = final_of(reports, pid);
     let role = format!("exec'd child (pid {pid})");
-    assert_holds_only(&report, &tree.after_exec, &role);
-    let (bytes, allocations) =
-        sum(report.sites_where(|site| site.function(0) != Some("leak_after_exec")));
+    let report = final_of(reports, pid);
+    assert_new_image(&report, output, &tree.after_exec, &role);
+    let beyond = report.totals.outstanding_bytes - tree.after_exec.bytes;
     assert!(
-        allocations <= START_UP_ALLOCATIONS && bytes < tree.before_exec.bytes,
-        "beyond its leak, the {role} holds {bytes} B in {allocations} allocations: more than \
-         its new image's start-up ({} B were leaked before the exec):\n{}",
+        beyond < tree.before_exec.bytes,
+        "beyond its leak, the {role} holds {beyond} B: {} B were leaked before the exec:\n{}",
         tree.before_exec.bytes,
         report.describe()
     );
-    assert_churn_freed(&report);
-    let (_, frees) = churn_of(output, pid);
+    // The spawned child, started by a clone that shares its parent's memory until it
+    // execs.
+    let pid = pid_of(&tree.spawned);
+    let role = format!("spawned child (pid {pid})");
+    assert_new_image(&final_of(reports, pid), output, &tree.spawned, &role);
+}
+
+/// The final report of a process that runs forker as a new image (`--after-exec`): its
+/// leak, its new image's start-up, its churn freed and counted.
+fn assert_new_image(report: &Report, output: &TargetOutput, truth: &Truth, role: &str) {
+    assert_holds_only(report, truth, role);
+    let (_, beyond) = sum(report.sites_where(|site| site.function(0) != Some(&truth.function)));
+    assert!(
+        beyond <= START_UP_ALLOCATIONS,
+        "beyond its leak, the {role} holds {beyond} allocations: more than its image's \
+         start-up keeps:\n{}",
+        report.describe()
+    );
+    assert_churn_freed(report);
+    let (_, frees) = churn_of(output, pid_of(truth));
     assert!(
         report.counters.frees >= frees && report.counters.frees < 2 * frees,
         "the {role} freed {frees} blocks (none before its exec), leakbpf counted {}:\n{}",
         report.counters.frees,
         report.describe()
     );
-    assert_nothing_dropped(&report);
+    assert_nothing_dropped(report);
 }
 
 #[test]
@@ -363,7 +390,7 @@ fn follow_forks_from_spawn_names_the_leaks_of_processes_that_exit_at_once() {
         &OPTIONS,
     );
     let tree = Tree::of(&run.truth);
-    for truth in tree.leakers.iter().chain([&tree.after_exec]) {
+    for truth in tree.leakers.iter().chain([&tree.after_exec, &tree.spawned]) {
         let pid = pid_of(truth);
         let report = final_of(&run.reports, pid);
         assert_eq!(

@@ -182,6 +182,7 @@ pub fn run(settings: Settings) -> Result<()> {
         maps,
         output,
         frames: HashMap::new(),
+        map_of: HashMap::new(),
         symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,
         stale: Vec::new(),
         ticks: 0,

@@ -66,6 +66,9 @@ pub struct Monitor {
     pub output: Output,
     /// Symbolized stacks by process and stack id: each is symbolized once.
     pub frames: HashMap<(NonZeroU32, u64), Arc<[Frame]>>,
+    /// Forked children that have not called exec → their parent, whose memory map
+    /// theirs is a copy of: a child that exits at once is named with it.
+    pub map_of: HashMap<NonZeroU32, NonZeroU32>,
     pub symbolizer: SymbolizerHandle,
     /// Processes whose blocks are to be dropped before the next drain: all of them
     /// (None: it exited), or those older than its exec.
@@ -180,17 +183,25 @@ impl Monitor {
                 Some(EventKind::Fork) => {
                     eprintln!("leakbpf: following pid {pid} (from pid {})", event.value);
                     self.processes.push(Process::new(pid));
-                    // A copy of its parent's until it execs: name its stacks even if it
-                    // is gone by the first report.
-                    let _ = self.symbolizer.remember(pid).await;
+                    // Its map is a copy of its parent's until it execs: name its stacks
+                    // even if it is gone by the first report.
+                    self.symbolizer.remember(pid).await?;
+                    if !process::is_alive(pid.get())
+                        && let Some(parent) =
+                            u32::try_from(event.value).ok().and_then(NonZeroU32::new)
+                    {
+                        self.map_of.insert(pid, parent);
+                    }
                 }
                 Some(EventKind::Exec) if self.starting == Some(pid) => self.starting = None,
                 Some(EventKind::Exec) if self.is_known(pid) => {
-                    // Stacks first: those of the old image still resolve with its map.
-                    for (pid, ids) in new_stacks.drain() {
-                        self.symbolize(pid, ids).await?;
-                    }
-                    self.executed(pid, event.value)?;
+                    // The old image's stacks go with its blocks; the new one is probed
+                    // first, as its code runs already, then its map is read while the
+                    // executable is mapped at least.
+                    new_stacks.remove(&pid);
+                    self.map_of.remove(&pid);
+                    self.executed(pid, event.value);
+                    self.symbolizer.remember(pid).await?;
                 }
                 Some(EventKind::Exit) => {
                     for (pid, ids) in new_stacks.drain() {
@@ -219,15 +230,20 @@ impl Monitor {
         // Best effort: a process gone already, or one with nothing more to probe.
         if let Ok(objects) = objects::of_process(pid.get())
             && let Ok(probes) = probes::plan(&objects, self.prefix.as_deref())
+            && let Err(err) = self.tracer.attach(&probes, Scope::System, self.floor)
+            && process::is_alive(pid.get())
         {
-            self.tracer.attach(&probes, Scope::System, self.floor)?;
+            eprintln!(
+                "leakbpf: warning: pid {pid}: {:#}",
+                anyhow::Error::from(err)
+            );
         }
         Ok(())
     }
 
     /// Process `pid` called exec at `exec_ns`: the blocks of its old image are gone, its
     /// stacks mean other code from now on, and its new image may allocate elsewhere.
-    fn executed(&mut self, pid: NonZeroU32, exec_ns: u64) -> Result<()> {
+    fn executed(&mut self, pid: NonZeroU32, exec_ns: u64) {
         self.stale.push((pid.get(), Some(exec_ns)));
         self.frames.retain(|(owner, _), _| *owner != pid);
         if self.mode != Mode::All {
@@ -235,23 +251,21 @@ impl Monitor {
         }
         // Its libraries are not mapped yet: ask its program interpreter which it will map.
         let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-        let planned = objects::of_command(&exe)
+        let scope = if self.system_wide {
+            Scope::System
+        } else {
+            Scope::Process(pid)
+        };
+        let attached = objects::of_command(&exe)
             .map_err(anyhow::Error::from)
-            .and_then(|objects| Ok(probes::plan(&objects, self.prefix.as_deref())?));
-        match planned {
-            Ok(probes) => {
-                let scope = if self.system_wide {
-                    Scope::System
-                } else {
-                    Scope::Process(pid)
-                };
-                self.tracer.attach(&probes, scope, self.floor)?;
-            }
+            .and_then(|objects| Ok(probes::plan(&objects, self.prefix.as_deref())?))
+            .and_then(|probes| Ok(self.tracer.attach(&probes, scope, self.floor)?));
+        match attached {
+            Ok(_) => {}
             // Gone already: nothing to follow.
             Err(_) if !process::is_alive(pid.get()) => {}
             Err(err) => eprintln!("leakbpf: warning: pid {pid} after exec: {err:#}"),
         }
-        Ok(())
     }
 
     /// Process `pid` is gone: its final report (not with `--all`, where processes come
@@ -266,6 +280,7 @@ impl Monitor {
         }
         self.processes.retain(|p| p.pid != pid);
         self.frames.retain(|(owner, _), _| *owner != pid);
+        self.map_of.remove(&pid);
         if self.mode != Mode::One(pid) {
             self.stale.push((pid.get(), None));
         }
@@ -291,7 +306,11 @@ impl Monitor {
         if requests.is_empty() {
             return Ok(());
         }
-        for (id, frames) in self.symbolizer.symbolize(pid, requests).await? {
+        let mut map = pid;
+        while let Some(&parent) = self.map_of.get(&map) {
+            map = parent;
+        }
+        for (id, frames) in self.symbolizer.symbolize(map, requests).await? {
             self.frames.insert((pid, id), Arc::from(frames));
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! Every link belongs to the [`Tracer`]: dropping it, or the agent's exit in any way
 //! (even SIGKILL, which closes the file descriptors), detaches every probe.
 
-use std::{collections::HashSet, num::NonZeroU32, path::PathBuf};
+use std::{collections::HashSet, num::NonZeroU32, os::unix::fs::MetadataExt};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -109,8 +109,9 @@ pub enum Scope {
 pub struct Tracer {
     ebpf: Ebpf,
     _clock: Clock,
-    /// What is attached already: program, object, file offset, scope.
-    attached: HashSet<(&'static str, PathBuf, u64, Scope)>,
+    /// What is attached already: program, object file (device and inode: processes
+    /// name one file by many paths), file offset, scope.
+    attached: HashSet<(&'static str, (u64, u64), u64, Scope)>,
 }
 
 impl Tracer {
@@ -234,12 +235,13 @@ impl Tracer {
                     (true, ALLOC_EXIT) => FLOOR_EXIT,
                     (true, _) => FLOOR_ENTER,
                 };
-                let key = (
-                    name,
-                    probe.object.host_path.clone(),
-                    probe.file_offset,
-                    scope,
-                );
+                let file = std::fs::metadata(&probe.object.host_path)
+                    .map(|meta| (meta.dev(), meta.ino()))
+                    .map_err(|source| TracerError::Attach {
+                        probe: probe.to_string(),
+                        source: source.into(),
+                    })?;
+                let key = (name, file, probe.file_offset, scope);
                 if self.attached.contains(&key) {
                     continue;
                 }

@@ -31,6 +31,9 @@ use crate::{
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
+/// Stacks sent to the symbolizer in one request.
+const SYMBOLIZE_AT_ONCE: usize = 256;
+
 /// A traced process and its report history.
 pub struct Process {
     pid: NonZeroU32,
@@ -67,7 +70,8 @@ pub struct Monitor {
     /// Symbolized stacks by process and stack id: each is symbolized once.
     pub frames: HashMap<(NonZeroU32, u64), Arc<[Frame]>>,
     /// Forked children that have not called exec → their parent, whose memory map
-    /// theirs is a copy of: a child that exits at once is named with it.
+    /// theirs is a copy of: a child that exits at once is named with it. (A child that
+    /// loads a library of its own before exec is named by its parent's map all the same.)
     pub map_of: HashMap<NonZeroU32, NonZeroU32>,
     pub symbolizer: SymbolizerHandle,
     /// Processes whose blocks are to be dropped before the next drain: all of them
@@ -155,13 +159,16 @@ impl Monitor {
     /// Caches the memory map of every traced process, for symbolizing after its exit.
     async fn remember_maps(&self) -> Result<()> {
         for process in &self.processes {
-            self.symbolizer.remember(process.pid).await?;
+            if !self.map_of.contains_key(&process.pid) {
+                self.symbolizer.remember(process.pid).await?;
+            }
         }
         Ok(())
     }
 
-    /// Reads the events since the last call: names new stacks while their process runs,
-    /// and keeps up with forks, execs and exits.
+    /// Reads the events since the last call: names new stacks while their process runs
+    /// (its memory map may be gone by the time a report shows them), and keeps up with
+    /// forks, execs and exits.
     async fn handle_events(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         let mut new_stacks: HashMap<NonZeroU32, Vec<u64>> = HashMap::new();
         while let Some(item) = ring.next() {
@@ -183,12 +190,7 @@ impl Monitor {
                 Some(EventKind::Fork) => {
                     eprintln!("leakbpf: following pid {pid} (from pid {})", event.value);
                     self.processes.push(Process::new(pid));
-                    // Its map is a copy of its parent's until it execs: name its stacks
-                    // even if it is gone by the first report.
-                    self.symbolizer.remember(pid).await?;
-                    if !process::is_alive(pid.get())
-                        && let Some(parent) =
-                            u32::try_from(event.value).ok().and_then(NonZeroU32::new)
+                    if let Some(parent) = u32::try_from(event.value).ok().and_then(NonZeroU32::new)
                     {
                         self.map_of.insert(pid, parent);
                     }
@@ -288,12 +290,12 @@ impl Monitor {
     }
 
     /// Symbolizes the stacks of process `pid` among `ids` not symbolized yet.
-    async fn symbolize(&mut self, pid: NonZeroU32, ids: Vec<u64>) -> Result<()> {
+    async fn symbolize(&mut self, pid: NonZeroU32, mut ids: Vec<u64>) -> Result<()> {
+        ids.sort_unstable();
+        ids.dedup();
         let mut requests: Vec<StackRequest> = Vec::new();
         for id in ids {
-            if self.frames.contains_key(&(pid, id))
-                || requests.iter().any(|(known, _)| *known == id)
-            {
+            if self.frames.contains_key(&(pid, id)) {
                 continue;
             }
             match self.maps.stack(id)? {
@@ -310,8 +312,13 @@ impl Monitor {
         while let Some(&parent) = self.map_of.get(&map) {
             map = parent;
         }
-        for (id, frames) in self.symbolizer.symbolize(map, requests).await? {
-            self.frames.insert((pid, id), Arc::from(frames));
+        // In slices: what blazesym returns for a burst of thousands of new stacks at
+        // once would be the agent's peak memory.
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().saturating_sub(SYMBOLIZE_AT_ONCE));
+            for (id, frames) in self.symbolizer.symbolize(map, rest).await? {
+                self.frames.insert((pid, id), Arc::from(frames));
+            }
         }
         Ok(())
     }

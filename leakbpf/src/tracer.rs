@@ -225,10 +225,14 @@ impl Tracer {
                 // Stepped over by the stack walk instead (see `frameless`).
                 Probed::New => continue,
             };
-            let mut programs = vec![(entry, cookie)];
+            // The return probe first: a call whose entry is seen must have its return
+            // seen too, or its thread's call stays open and every later one looks
+            // nested; a return without its entry is ignored.
+            let mut programs = Vec::new();
             if matches!(probe.probed, Probed::Alloc(_)) {
                 programs.push((ALLOC_EXIT, None));
             }
+            programs.push((entry, cookie));
             for (name, cookie) in programs {
                 let name = match (floor, name) {
                     (false, name) => name,

@@ -30,6 +30,8 @@ fn each_process_is_reported_apart_and_ends_with_its_own_final_report() {
             "300ms",
         ],
     );
+    // One line per process: both must be traced before either starts.
+    agent.wait_attached();
     agent.wait_attached();
     leaker.go();
     threads.go();

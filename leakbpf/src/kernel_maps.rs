@@ -91,37 +91,38 @@ impl KernelMaps {
 
     /// The counters of process `pid`: those of the one traced process when `only`.
     pub fn counters(&self, pid: u32, only: bool) -> Result<Counters, TracerError> {
-        let per_process = if only {
-            None
+        let mut totals: ProcessCounters = [0; Counter::COUNT as usize];
+        if only {
+            for (index, total) in (0..).zip(totals.iter_mut()) {
+                let per_cpu = self
+                    .counters
+                    .get(&index, 0)
+                    .map_err(map_error(map_names::COUNTERS))?;
+                *total = per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v));
+            }
         } else {
             match self.process_counters.get(&pid, 0) {
-                Ok(per_cpu) => Some(per_cpu),
-                Err(MapError::KeyNotFound) => return Ok(Counters::default()),
+                Ok(per_cpu) => {
+                    for cpu in per_cpu.iter() {
+                        for (total, value) in totals.iter_mut().zip(cpu) {
+                            *total = total.wrapping_add(*value);
+                        }
+                    }
+                }
+                // Nothing counted yet.
+                Err(MapError::KeyNotFound) => {}
                 Err(source) => return Err(map_error(map_names::PROCESS_COUNTERS)(source)),
             }
-        };
-        let read = |counter: Counter| -> Result<u64, TracerError> {
-            let sum = |values: &mut dyn Iterator<Item = u64>| {
-                values.fold(0u64, |sum, v| sum.wrapping_add(v))
-            };
-            Ok(match &per_process {
-                Some(per_cpu) => sum(&mut per_cpu.iter().map(|c| c[counter as usize])),
-                None => sum(&mut self
-                    .counters
-                    .get(&(counter as u32), 0)
-                    .map_err(map_error(map_names::COUNTERS))?
-                    .iter()
-                    .copied()),
-            })
-        };
+        }
+        let total = |counter: Counter| totals[counter as usize];
         Ok(Counters {
-            allocations: read(Counter::Allocations)?,
-            frees: read(Counter::Frees)?,
-            unknown_frees: read(Counter::UnknownFrees)?,
-            failed_allocations: read(Counter::FailedAllocations)?,
-            stack_failures: read(Counter::StackFailures)?,
-            dropped_allocations: read(Counter::DroppedAllocations)?,
-            dropped_calls: read(Counter::DroppedCalls)?,
+            allocations: total(Counter::Allocations),
+            frees: total(Counter::Frees),
+            unknown_frees: total(Counter::UnknownFrees),
+            failed_allocations: total(Counter::FailedAllocations),
+            stack_failures: total(Counter::StackFailures),
+            dropped_allocations: total(Counter::DroppedAllocations),
+            dropped_calls: total(Counter::DroppedCalls),
         })
     }
 

@@ -233,18 +233,18 @@ impl Tracer {
                 programs.push((ALLOC_EXIT, None));
             }
             programs.push((entry, cookie));
+            let file = std::fs::metadata(&probe.object.host_path)
+                .map(|meta| (meta.dev(), meta.ino()))
+                .map_err(|source| TracerError::Attach {
+                    probe: probe.to_string(),
+                    source: source.into(),
+                })?;
             for (name, cookie) in programs {
                 let name = match (floor, name) {
                     (false, name) => name,
                     (true, ALLOC_EXIT) => FLOOR_EXIT,
                     (true, _) => FLOOR_ENTER,
                 };
-                let file = std::fs::metadata(&probe.object.host_path)
-                    .map(|meta| (meta.dev(), meta.ino()))
-                    .map_err(|source| TracerError::Attach {
-                        probe: probe.to_string(),
-                        source: source.into(),
-                    })?;
                 let key = (name, file, probe.file_offset, scope);
                 if self.attached.contains(&key) {
                     continue;

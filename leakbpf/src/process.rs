@@ -67,6 +67,7 @@ pub fn spawn_paused(exe: &Path, args: &[OsString]) -> Result<PausedChild, Proces
     // functions on memory prepared before the fork, then execs or exits.
     match unsafe { libc::fork() } {
         -1 => Err(ProcessError::Spawn(io::Error::last_os_error())),
+        // SAFETY: this is the child just forked by this function.
         0 => unsafe { wait_then_exec(wait_end.as_raw_fd(), go_end.as_raw_fd(), &exe, &argv) },
         pid => {
             let pid = NonZeroU32::new(pid as u32).ok_or_else(|| {

@@ -1,7 +1,7 @@
 //! tracefs, for the process tracepoints: where their records' fields are on this kernel
 //! (layouts change between versions), mounting tracefs where nobody has.
 
-use std::{ffi::CString, fs, io, path::Path};
+use std::{fs, io, path::Path};
 
 use leakbpf_common::NO_FIELD;
 
@@ -50,8 +50,9 @@ fn mount() -> Result<(), TracefsError> {
     if Path::new(MOUNT_POINT).join("events").is_dir() {
         return Ok(());
     }
-    let target = CString::new(MOUNT_POINT).expect("no NUL in a constant");
-    let fstype = CString::new("tracefs").expect("no NUL in a constant");
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    debug_assert_eq!(target.to_bytes(), MOUNT_POINT.as_bytes());
     // SAFETY: valid C strings; no data argument.
     let status = unsafe {
         libc::mount(

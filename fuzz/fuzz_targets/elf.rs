@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use leakbpf::{
+use leakbpf::attach::{
     elf::{ElfObject, PROLOGUE_BYTES},
     placement::{Role, probe_offset},
 };

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use leakbpf::objects::listed_library;
+use leakbpf::attach::objects::listed_library;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use leakbpf::objects::{executable_mapping, preloaded};
+use leakbpf::attach::objects::{executable_mapping, preloaded};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,15 +7,16 @@
 use std::sync::Arc;
 
 use leakbpf::{
-    Counters, Frame,
+    Counters,
     output::table,
-    report::{Callsite, Report, Totals},
+    snapshot::{Callsite, ProcessFacts, Snapshot, Totals},
+    symbolize::Frame,
 };
 use libfuzzer_sys::fuzz_target;
 
 /// A report of one call site whose frames carry the names: one frame shows its source
 /// file, the other its module, so every name reaches the table.
-fn report(function: &str, module: &str, file: &str) -> Report {
+fn report(function: &str, module: &str, file: &str) -> Snapshot {
     let frame = |file: Option<&str>| Frame {
         address: 0x55d0_c0de_1b2f,
         function: Some(function.to_owned()),
@@ -25,13 +26,14 @@ fn report(function: &str, module: &str, file: &str) -> Report {
         line: Some(7),
         inlined: false,
     };
-    Report {
-        schema_version: 1,
+    Snapshot {
+        schema_version: leakbpf::snapshot::SCHEMA_VERSION,
         timestamp: "2026-11-25T10:33:07.412Z".to_owned(),
         pid: 1,
         report: 1,
         is_final: true,
         interval_s: 1.0,
+        process: ProcessFacts::default(),
         totals: Totals {
             outstanding_bytes: 72,
             outstanding_allocations: 1,

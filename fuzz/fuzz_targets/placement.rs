@@ -5,7 +5,7 @@
 #![no_main]
 
 use iced_x86::{Decoder, DecoderOptions};
-use leakbpf::placement::{Role, is_emulated, probe_offset};
+use leakbpf::attach::placement::{Role, is_emulated, probe_offset};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

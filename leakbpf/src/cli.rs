@@ -1,38 +1,83 @@
-//! The command line: `leakbpf --pid PID` or `leakbpf [options] -- COMMAND ARGS...`.
+//! The command line: `leakbpf --pid PID [INTERVAL [COUNT]]`, `leakbpf [options] --
+//! COMMAND ARGS...`, `leakbpf --all`, and `leakbpf report FILE` for a saved run.
 
 use std::{
     ffi::OsString,
+    fs::File,
+    io::{self, BufReader},
     num::{NonZeroU32, NonZeroU64, NonZeroUsize},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
-use clap::Parser;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    agent::{self, Settings, Target},
-    output::Format,
-    tracer::Capacity,
+    kernel::Capacity,
+    output::{Format, Output},
+    session::{self, Settings, Target},
+    snapshot,
 };
 
 /// `--top-processes` unless given.
 const DEFAULT_TOP_PROCESSES: usize = 5;
 
+/// `--interval` unless given.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
 const EXAMPLES: &str = "\
 Examples:
   sudo leakbpf --pid 1234                      top 10 unfreed call sites every 5 s
+  sudo leakbpf -p 1234 10 3                    every 10 s, 3 reports (as BCC's memleak)
   sudo leakbpf --pid 1234 --min-age 30s        only allocations older than 30 s
   sudo leakbpf --format json -o leaks.ndjson --pid 1234
   sudo leakbpf --interval 1s -- ./server --port 8080   start it traced
   sudo leakbpf --follow-forks --pid 1234       and every process it starts
-  sudo leakbpf --all --top-processes 5         every process, the 5 holding most";
+  sudo leakbpf --all --top-processes 5         every process, the 5 holding most
+  leakbpf report leaks.ndjson                  a saved run, as a table";
 
 /// Finds the call stacks that hold unfreed memory in a live process, with eBPF uprobes
 /// on its allocation functions: no restart, no rebuild, low overhead.
 #[derive(Debug, Parser)]
-#[command(name = "leakbpf", version, after_help = EXAMPLES)]
+#[command(
+    name = "leakbpf",
+    version,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub subcommand: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Renders a saved run (the JSON lines of `--format json`) again, as a table or JSON.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The saved run; `-` for standard input.
+    pub file: PathBuf,
+    /// How the reports are written.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Only the reports about this process.
+    #[arg(short, long)]
+    pub pid: Option<NonZeroU32>,
+    /// Only each process's final report.
+    #[arg(long)]
+    pub final_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
     /// Trace this running process; repeat, or separate with commas, for several.
     #[arg(
         short,
@@ -54,17 +99,17 @@ pub struct Cli {
     /// (5).
     #[arg(long, conflicts_with_all = ["pid", "command"])]
     pub top_processes: Option<NonZeroUsize>,
-    /// Time between reports, e.g. 5s, 500ms, 1m.
-    #[arg(short, long, default_value = "5s", value_parser = positive_duration)]
-    pub interval: Duration,
+    /// Time between reports, e.g. 5s, 500ms, 1m; a bare number is seconds (5).
+    #[arg(short, long, value_parser = positive_duration, conflicts_with = "interval_seconds")]
+    pub interval: Option<Duration>,
     /// Call sites per report, largest outstanding bytes first.
     #[arg(long, default_value = "10")]
     pub top: NonZeroUsize,
-    /// Count only allocations at least this old, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Count only allocations at least this old, e.g. 30s; a bare number is seconds.
+    #[arg(long, value_parser = duration)]
     pub min_age: Option<Duration>,
     /// Stop after this many reports (the last is the final one).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "count_reports")]
     pub count: Option<NonZeroU64>,
     /// How reports are written: a table for people, or one JSON object per line.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
@@ -93,16 +138,30 @@ pub struct Cli {
     /// for `cargo xtask bench`. Reports stay empty.
     #[arg(long, hide = true)]
     pub floor: bool,
+    /// Seconds between reports, as BCC's memleak takes them: `leakbpf -p PID 5 3`.
+    #[arg(value_name = "INTERVAL", value_parser = positive_duration)]
+    pub interval_seconds: Option<Duration>,
+    /// Reports before stopping, after INTERVAL.
+    #[arg(value_name = "COUNT", requires = "interval_seconds")]
+    pub count_reports: Option<NonZeroU64>,
     /// The command to start traced, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
 
+/// A duration such as `5s`, `500ms` or `1m`, or a bare number of seconds (`5`, `0.5`).
+fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("{text:?} is not a number of seconds"));
+    }
+    humantime::parse_duration(text).map_err(|err| err.to_string())
+}
+
 fn positive_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration.is_zero() => Err("must be longer than zero".into()),
-        Ok(duration) => Ok(duration),
-        Err(err) => Err(err.to_string()),
+    match duration(text)? {
+        duration if duration.is_zero() => Err("must be longer than zero".into()),
+        duration => Ok(duration),
     }
 }
 
@@ -113,7 +172,7 @@ fn octal_mode(text: &str) -> Result<u32, String> {
     }
 }
 
-impl Cli {
+impl TraceArgs {
     fn settings(self) -> Settings {
         let target = if self.all {
             Target::All {
@@ -128,10 +187,13 @@ impl Cli {
         };
         Settings {
             target,
-            interval: self.interval,
+            interval: self
+                .interval
+                .or(self.interval_seconds)
+                .unwrap_or(DEFAULT_INTERVAL),
             top: self.top.get(),
             min_age: self.min_age,
-            count: self.count.map(NonZeroU64::get),
+            count: self.count.or(self.count_reports).map(NonZeroU64::get),
             format: self.format,
             output: self.output,
             output_mode: self.output_mode,
@@ -150,13 +212,17 @@ impl Cli {
 /// Runs leakbpf with this process's arguments; errors become one line on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.verbose {
+    let level = if cli.trace.verbose {
         log::LevelFilter::Info
     } else {
         log::LevelFilter::Warn
     };
     env_logger::Builder::new().filter_level(level).init();
-    match agent::run(cli.settings()) {
+    let result = match cli.subcommand {
+        Some(Command::Report(args)) => report(&args),
+        None => session::run(cli.trace.settings()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let message = format!("{err:#}").replace('\n', " ");
@@ -166,6 +232,32 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `leakbpf report`: a saved run rendered again.
+fn report(args: &ReportArgs) -> Result<()> {
+    let what = args.file.display();
+    let snapshots = if args.file.as_os_str() == "-" {
+        snapshot::read_run(io::stdin().lock())
+    } else {
+        let file = File::open(&args.file).with_context(|| format!("cannot open {what}"))?;
+        snapshot::read_run(BufReader::new(file))
+    }
+    .with_context(|| format!("cannot read {what}"))?;
+    let mut output = Output::open(args.format, None, 0)?;
+    let mut written = 0;
+    for snapshot in snapshots
+        .iter()
+        .filter(|s| args.pid.is_none_or(|pid| s.pid == pid.get()))
+        .filter(|s| s.is_final || !args.final_only)
+    {
+        output.write(snapshot)?;
+        written += 1;
+    }
+    if written == 0 {
+        bail!("{what} holds no report that matches");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +265,7 @@ mod tests {
     #[test]
     fn parses_pid_mode_with_defaults() {
         let cli = Cli::try_parse_from(["leakbpf", "--pid", "42"]).unwrap();
-        let settings = cli.settings();
+        let settings = cli.trace.settings();
         assert!(
             matches!(&settings.target, Target::Pids(pids) if pids[..] == [NonZeroU32::new(42).unwrap()])
         );
@@ -189,7 +281,7 @@ mod tests {
             "leakbpf", "-i", "250ms", "--format", "json", "--", "ls", "-l",
         ])
         .unwrap();
-        let settings = cli.settings();
+        let settings = cli.trace.settings();
         assert_eq!(settings.interval, Duration::from_millis(250));
         match settings.target {
             Target::Command(command) => assert_eq!(command, ["ls", "-l"]),
@@ -200,7 +292,7 @@ mod tests {
     #[test]
     fn takes_several_pids() {
         let cli = Cli::try_parse_from(["leakbpf", "-p", "1,2", "--pid", "3"]).unwrap();
-        match cli.settings().target {
+        match cli.trace.settings().target {
             Target::Pids(pids) => {
                 assert_eq!(pids.iter().map(|p| p.get()).collect::<Vec<_>>(), [1, 2, 3])
             }
@@ -212,11 +304,42 @@ mod tests {
     fn takes_all_processes_and_following_forks() {
         let cli = Cli::try_parse_from(["leakbpf", "--all", "--top-processes", "3"]).unwrap();
         assert!(matches!(
-            cli.settings().target,
+            cli.trace.settings().target,
             Target::All { top_processes: 3 }
         ));
         let cli = Cli::try_parse_from(["leakbpf", "--follow-forks", "--", "make"]).unwrap();
-        assert!(cli.settings().follow_forks);
+        assert!(cli.trace.settings().follow_forks);
+    }
+
+    #[test]
+    fn takes_bcc_s_interval_and_count_and_bare_seconds() {
+        let cli = Cli::try_parse_from(["leakbpf", "-p", "1234", "5", "3"]).unwrap();
+        let settings = cli.trace.settings();
+        assert_eq!(settings.interval, Duration::from_secs(5));
+        assert_eq!(settings.count, Some(3));
+        let cli =
+            Cli::try_parse_from(["leakbpf", "-p", "1", "--interval", "1", "--min-age", "0.5"])
+                .unwrap();
+        let settings = cli.trace.settings();
+        assert_eq!(settings.interval, Duration::from_secs(1));
+        assert_eq!(settings.min_age, Some(Duration::from_millis(500)));
+        let cli = Cli::try_parse_from(["leakbpf", "-p", "1", "2"]).unwrap();
+        let settings = cli.trace.settings();
+        assert_eq!(settings.interval, Duration::from_secs(2));
+        assert_eq!(settings.count, None);
+    }
+
+    #[test]
+    fn takes_the_report_subcommand() {
+        let cli =
+            Cli::try_parse_from(["leakbpf", "report", "run.ndjson", "--format", "json"]).unwrap();
+        match cli.subcommand {
+            Some(Command::Report(args)) => {
+                assert_eq!(args.file, PathBuf::from("run.ndjson"));
+                assert_eq!(args.format, Format::Json);
+            }
+            None => panic!("expected the report subcommand"),
+        }
     }
 
     #[test]
@@ -231,6 +354,12 @@ mod tests {
             &["leakbpf", "--all", "--", "ls"],
             &["leakbpf", "--all", "--follow-forks"],
             &["leakbpf", "--pid", "1", "--top-processes", "3"],
+            &["leakbpf", "--pid", "1", "--interval", "2s", "5"],
+            &["leakbpf", "--pid", "1", "5", "3", "--count", "2"],
+            &["leakbpf", "--pid", "1", "0"],
+            &["leakbpf", "--pid", "1", "--interval", "-1"],
+            &["leakbpf", "--pid", "1", "report", "x"],
+            &["leakbpf", "report"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }

@@ -1,35 +1,33 @@
 //! leakbpf: finds the call stacks that hold unfreed memory in a live process.
 //!
-//! Uprobes on the allocation functions (in `leakbpf-ebpf`) keep every outstanding
-//! allocation and per call site totals in eBPF maps; this crate attaches them, drains the
-//! maps every interval, symbolizes stacks with blazesym and reports the top call sites.
+//! The pipeline, one folder per stage:
+//! - [`attach`]: which objects a process maps, which allocation functions they provide,
+//!   where in each to put the uprobe, and attaching the programs there.
+//! - [`kernel`]: the eBPF object loaded, and its maps read: outstanding allocations,
+//!   stacks, counters, the clock the programs timestamp with. The only user of aya maps.
+//! - [`unwind`]: what the stack walk in the kernel needs to know about the code it walks.
+//! - [`symbolize`]: return addresses to functions, files and lines, with blazesym.
+//! - [`analyze`]: call sites ranked, with their growth between reports.
+//! - [`snapshot`]: one moment of one process, the type every output renders and a saved
+//!   run is read back as.
+//! - [`output`]: the formats a snapshot is written in.
+//! - [`session`]: the run itself: targets, their lifetimes, the event loop.
 //!
-//! Besides [`cli`], the modules that parse what a traced process provides (its ELF
-//! objects, memory map and loader output, the symbol names in reports) are public so
-//! the fuzz targets in `fuzz/` can feed them arbitrary bytes.
+//! The eBPF programs are in the `leakbpf-ebpf` crate; the types both sides share in
+//! `leakbpf-common`. The parsers of what a traced process provides (its ELF objects,
+//! memory map and loader output, the names in reports) are public so the fuzz targets
+//! in `fuzz/` can feed them arbitrary bytes.
 
-mod agent;
-mod batch;
-mod child;
+mod analyze;
+pub mod attach;
 pub mod cli;
-mod clock;
-pub mod elf;
-mod fd;
-mod frameless;
-mod kernel_maps;
-mod lifetime;
-mod monitor;
-pub mod objects;
+mod kernel;
 pub mod output;
-pub mod placement;
-mod privileges;
-mod probes;
-mod process;
-pub mod report;
-mod symbolizer;
-mod tracefs;
-mod tracer;
+mod session;
+pub mod snapshot;
+pub mod symbolize;
+mod unwind;
 
-/// The parts of a [`report::Report`] defined in private modules, for those who build one
-/// (the fuzz targets).
-pub use crate::{kernel_maps::Counters, symbolizer::Frame};
+/// The event counters, defined by the stage that reads them, for those who build a
+/// [`snapshot::Snapshot`] (the fuzz targets).
+pub use crate::kernel::Counters;

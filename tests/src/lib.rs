@@ -272,7 +272,7 @@ pub fn check_reports(reports: &[Report], pid: u32) -> &Report {
     assert!(!reports.is_empty(), "leakbpf wrote no report");
     for (index, report) in reports.iter().enumerate() {
         let at = || format!("in report {}", report.describe());
-        assert_eq!(report.schema_version, 2, "{}", at());
+        assert_eq!(report.schema_version, 3, "{}", at());
         assert_eq!(
             report.pid,
             pid,
@@ -1175,7 +1175,7 @@ mod tests {
     use super::*;
 
     /// The example line of the JSON schema (the README's contract) parses.
-    const EXAMPLE: &str = r#"{"schema_version":2,"timestamp":"2026-11-25T10:00:00.123Z","pid":1234,"report":1,"final":false,"interval_s":5.0,"totals":{"outstanding_bytes":0,"outstanding_allocations":0,"callsites":0},"counters":{"allocations":0,"frees":0,"unknown_frees":0,"failed_allocations":0,"stack_failures":0,"dropped_allocations":0,"dropped_calls":0},"callsites":[{"rank":1,"stack_id":"0x1f2e","bytes":123,"allocations":3,"average_size":41,"oldest_age_s":1.5,"growth_bytes":123,"growth_allocations":3,"frames":[{"address":"0x55d0c0de1234","function":"EventManager::subscribe(std::function<void (Message const&)>)","module":"/abs/path/chat_server","offset":"0x1234","file":"/abs/path/chat_server.cpp","line":42,"inlined":false},{"address":"0x55d0c0de5678","function":null,"module":null,"offset":null,"file":null,"line":null,"inlined":false}]}]}"#;
+    const EXAMPLE: &str = r#"{"schema_version":3,"timestamp":"2026-11-25T10:00:00.123Z","pid":1234,"report":1,"final":false,"interval_s":5.0,"totals":{"outstanding_bytes":0,"outstanding_allocations":0,"callsites":0},"counters":{"allocations":0,"frees":0,"unknown_frees":0,"failed_allocations":0,"stack_failures":0,"dropped_allocations":0,"dropped_calls":0},"callsites":[{"rank":1,"stack_id":"0x1f2e","bytes":123,"allocations":3,"average_size":41,"oldest_age_s":1.5,"growth_bytes":123,"growth_allocations":3,"frames":[{"address":"0x55d0c0de1234","function":"EventManager::subscribe(std::function<void (Message const&)>)","module":"/abs/path/chat_server","offset":"0x1234","file":"/abs/path/chat_server.cpp","line":42,"inlined":false},{"address":"0x55d0c0de5678","function":null,"module":null,"offset":null,"file":null,"line":null,"inlined":false}]}]}"#;
 
     #[test]
     fn parses_the_schema_example() {

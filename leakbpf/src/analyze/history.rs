@@ -1,62 +1,14 @@
-//! A report: the top call sites by outstanding bytes at one moment, with what changed
-//! since the previous report. Serialized as one JSON line (schema in the README).
+//! A process's report history: each report's call sites, ranked, the top ones with
+//! what changed since the previous report.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use serde::Serialize;
-
+use super::rank;
 use crate::{
-    kernel_maps::{Counters, SiteState},
-    symbolizer::Frame,
+    kernel::{Counters, SiteState},
+    snapshot::{Callsite, ProcessFacts, SCHEMA_VERSION, Snapshot, Totals},
+    symbolize::Frame,
 };
-
-/// Bumped on any change a consumer of the JSON lines would notice.
-pub const SCHEMA_VERSION: u32 = 2;
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub schema_version: u32,
-    /// RFC 3339, UTC.
-    pub timestamp: String,
-    pub pid: u32,
-    /// 1 for the first report of the run.
-    pub report: u64,
-    #[serde(rename = "final")]
-    pub is_final: bool,
-    pub interval_s: f64,
-    pub totals: Totals,
-    pub counters: Counters,
-    pub callsites: Vec<Callsite>,
-}
-
-/// Over every call site of the process, not only those shown.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Totals {
-    pub outstanding_bytes: u64,
-    pub outstanding_allocations: u64,
-    pub callsites: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Callsite {
-    pub rank: usize,
-    #[serde(serialize_with = "hex")]
-    pub stack_id: u64,
-    pub bytes: u64,
-    pub allocations: u64,
-    pub average_size: u64,
-    /// Age of the oldest outstanding allocation, in seconds.
-    pub oldest_age_s: f64,
-    /// Change since the previous report (all of it for the first).
-    pub growth_bytes: i64,
-    pub growth_allocations: i64,
-    /// Innermost first: `frames[0]` is the function that called the allocator.
-    pub frames: Arc<[Frame]>,
-}
-
-fn hex<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_args!("{value:#x}"))
-}
 
 /// What a report is made of, besides the sites.
 pub struct Moment {
@@ -68,23 +20,25 @@ pub struct Moment {
     /// CLOCK_BOOTTIME now, in the units of the allocation timestamps.
     pub now_ns: u64,
     pub counters: Counters,
+    pub process: ProcessFacts,
 }
 
-/// Builds successive reports, remembering each site's figures for the next growth.
+/// Builds successive snapshots of one process, remembering each site's figures for the
+/// next growth.
 #[derive(Default)]
-pub struct ReportBuilder {
+pub struct History {
     previous: HashMap<u64, (u64, u64)>,
 }
 
-impl ReportBuilder {
-    /// The report of `sites`, the `top` largest first, with their frames from `frames`.
+impl History {
+    /// The snapshot of `sites`, the `top` largest first, with their frames from `frames`.
     pub fn build(
         &mut self,
         moment: Moment,
         mut sites: Vec<SiteState>,
         top: usize,
         frames: impl Fn(u64) -> Arc<[Frame]>,
-    ) -> Report {
+    ) -> Snapshot {
         let totals = Totals {
             outstanding_bytes: sites.iter().map(|s| s.bytes).sum(),
             outstanding_allocations: sites.iter().map(|s| s.allocations).sum(),
@@ -121,28 +75,19 @@ impl ReportBuilder {
             .iter()
             .map(|s| (s.stack_id, (s.bytes, s.allocations)))
             .collect();
-        Report {
+        Snapshot {
             schema_version: SCHEMA_VERSION,
             timestamp: moment.timestamp,
             pid: moment.pid,
             report: moment.number,
             is_final: moment.is_final,
             interval_s: moment.interval.as_secs_f64(),
+            process: moment.process,
             totals,
             counters: moment.counters,
             callsites,
         }
     }
-}
-
-/// Orders call sites as reports show them: most outstanding bytes first.
-pub fn rank(sites: &mut [SiteState]) {
-    sites.sort_unstable_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(b.allocations.cmp(&a.allocations))
-            .then(a.stack_id.cmp(&b.stack_id))
-    });
 }
 
 fn difference(now: u64, before: u64) -> i64 {
@@ -162,6 +107,7 @@ mod tests {
             timestamp: "2026-11-25T10:00:00Z".into(),
             now_ns: 10_000_000_000,
             counters: Counters::default(),
+            process: ProcessFacts::default(),
         }
     }
 
@@ -180,7 +126,7 @@ mod tests {
 
     #[test]
     fn ranks_by_bytes_limits_to_top_and_totals_everything() {
-        let mut builder = ReportBuilder::default();
+        let mut builder = History::default();
         let report = builder.build(
             moment(1),
             vec![site(1, 100, 1), site(2, 300, 3), site(3, 200, 4)],
@@ -199,7 +145,7 @@ mod tests {
 
     #[test]
     fn growth_is_against_the_previous_report() {
-        let mut builder = ReportBuilder::default();
+        let mut builder = History::default();
         builder.build(
             moment(1),
             vec![site(1, 100, 1), site(2, 50, 5)],
@@ -222,10 +168,10 @@ mod tests {
 
     #[test]
     fn serializes_the_documented_fields() {
-        let mut builder = ReportBuilder::default();
+        let mut builder = History::default();
         let report = builder.build(moment(1), vec![site(0x1f, 10, 2)], 10, no_frames);
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["schema_version"], 2);
+        assert_eq!(json["schema_version"], SCHEMA_VERSION);
         assert_eq!(json["final"], false);
         assert_eq!(json["callsites"][0]["stack_id"], "0x1f");
         assert_eq!(json["callsites"][0]["average_size"], 5);

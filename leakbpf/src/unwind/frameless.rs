@@ -19,7 +19,7 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use leakbpf_common::WrapperFrame;
 use object::{Object, ObjectSection};
 
-use crate::elf::{ElfObject, Function};
+use crate::attach::elf::{ElfObject, Function};
 
 /// Bytes of code taken on each side of a return address to recognise it.
 const CONTEXT: usize = 8;

@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use crate::elf::{Dependencies, ElfError, ElfObject};
+use super::elf::{Dependencies, ElfError, ElfObject};
 
 /// An object file mapped (or about to be mapped) by the traced program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,43 +137,80 @@ fn binding_order(
         .collect()
 }
 
-/// The objects `exe` will map when started from here: itself, then what its program
-/// interpreter lists, honouring this environment's `LD_PRELOAD` and `LD_LIBRARY_PATH`,
-/// which the started command inherits.
-pub fn of_command(exe: &Path) -> Result<Vec<MappedObject>, ObjectsError> {
-    let mut paths = vec![exe.to_owned()];
-    if let Some(loader) = ElfObject::open(exe)?.interpreter()? {
+/// Variables of a process environment that decide what its program interpreter loads.
+const LOADER_VARIABLES: [&[u8]; 2] = [b"LD_PRELOAD=", b"LD_LIBRARY_PATH="];
+
+/// The objects process `pid` maps once the exec it is stopped in (or has just made)
+/// runs: its new executable, then what the executable's program interpreter lists for
+/// it under the process's own `LD_PRELOAD` and `LD_LIBRARY_PATH` (not the agent's: a
+/// launcher such as `env LD_PRELOAD=… prog` sets them for the program alone).
+pub fn of_new_image(pid: u32) -> Result<Vec<MappedObject>, ObjectsError> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    // Opened through the link, which reaches the file in any mount namespace.
+    let exe = proc_dir.join("exe");
+    let name = std::fs::read_link(&exe).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ObjectsError::NoSuchProcess(pid)
+        } else {
+            ObjectsError::Maps { pid, source }
+        }
+    })?;
+    let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+    let variables = environ
+        .split(|&byte| byte == 0)
+        .filter(|variable| LOADER_VARIABLES.iter().any(|v| variable.starts_with(v)))
+        .filter_map(|variable| {
+            let text = std::str::from_utf8(variable).ok()?;
+            text.split_once('=')
+        });
+    // The loader is given the program by its own path, where `$ORIGIN` in its run path
+    // means what it means to the process (through its root: a container's own files);
+    // a deleted program only by the link.
+    let program = Some(under_root(&proc_dir.join("root"), &name))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| exe.clone());
+    let mut objects = vec![MappedObject {
+        path: name,
+        host_path: exe.clone(),
+    }];
+    if let Some(loader) = ElfObject::open(&exe)?.interpreter()? {
         // `--list` loads the libraries without running any of their code.
         let output = Command::new(&loader)
+            .env_clear()
+            .envs(variables)
             .arg("--list")
-            .arg(exe)
+            .arg(&program)
             .output()
             .map_err(|err| ObjectsError::Loader {
-                exe: exe.to_owned(),
+                exe: exe.clone(),
                 loader: loader.clone(),
                 reason: err.to_string(),
             })?;
         if !output.status.success() {
             return Err(ObjectsError::Loader {
-                exe: exe.to_owned(),
+                exe,
                 loader,
                 reason: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             });
         }
-        paths.extend(
+        let root = proc_dir.join("root");
+        objects.extend(
             String::from_utf8_lossy(&output.stdout)
                 .lines()
                 .filter_map(listed_library)
-                .map(PathBuf::from),
+                .map(|listed| {
+                    let host_path = PathBuf::from(listed);
+                    // Found through `$ORIGIN`, under the process's root: named as it
+                    // names it.
+                    let path = match host_path.strip_prefix(&root) {
+                        Ok(inside) => Path::new("/").join(inside),
+                        Err(_) => host_path.clone(),
+                    };
+                    MappedObject { path, host_path }
+                }),
         );
     }
-    Ok(paths
-        .into_iter()
-        .map(|path| MappedObject {
-            host_path: path.clone(),
-            path,
-        })
-        .collect())
+    Ok(objects)
 }
 
 /// The path of a file mapped executable, from a `/proc/PID/maps` line.
@@ -309,12 +346,29 @@ mod tests {
     }
 
     #[test]
-    fn command_lists_libc_through_its_loader() {
-        let objects = of_command(&std::env::current_exe().unwrap()).unwrap();
+    fn a_new_image_is_listed_with_its_own_preloads() {
+        let jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
         assert!(
-            objects
-                .iter()
-                .any(|o| o.path.to_string_lossy().contains("libc.so"))
+            Path::new(jemalloc).exists(),
+            "libjemalloc2 is installed by cargo xtask setup"
+        );
+        let mut sleeper = Command::new("sleep")
+            .arg("30")
+            .env("LD_PRELOAD", jemalloc)
+            .spawn()
+            .unwrap();
+        let objects = of_new_image(sleeper.id());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        let paths: Vec<PathBuf> = objects.unwrap().into_iter().map(|o| o.path).collect();
+        assert!(paths[0].ends_with("sleep"), "{paths:?}");
+        let preload = paths.iter().position(|p| p == Path::new(jemalloc));
+        let libc = paths
+            .iter()
+            .position(|p| p.to_string_lossy().contains("libc.so"));
+        assert!(
+            matches!((preload, libc), (Some(p), Some(c)) if p < c),
+            "the preload binds before libc: {paths:?}"
         );
     }
 

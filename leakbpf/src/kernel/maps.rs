@@ -1,21 +1,25 @@
-//! Reads what the eBPF programs keep: counters, outstanding allocations and stacks.
+//! What the eBPF programs keep (counters, outstanding allocations, stacks, the traced
+//! set) and what the agent tells them (the clock, the frameless wrappers' calls).
 
 use std::{collections::HashMap as StdHashMap, os::fd::AsFd};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use leakbpf_common::{AllocInfo, AllocKey, Counter, ProcessCounters, StackTrace, map_names};
-use serde::Serialize;
+use leakbpf_common::{
+    AllocInfo, AllocKey, Counter, ProcessCounters, StackTrace, WrapperFrame, map_names,
+};
+use serde::{Deserialize, Serialize};
 
-use crate::{batch, tracer::TracerError};
+use super::{KernelError, batch, clock::Clock};
+use crate::unwind::WrapperCall;
 
 /// Outstanding allocations read per system call: 8192 × 40 bytes of buffer.
 const ALLOCS_PER_READ: usize = 8192;
 
 /// The eBPF side's event counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub allocations: u64,
     pub frees: u64,
@@ -46,39 +50,91 @@ pub struct KernelMaps {
     process_counters: PerCpuHashMap<MapData, u32, ProcessCounters>,
     traced: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
+    wrapper_calls: HashMap<MapData, [u64; 2], WrapperFrame>,
+    wrappers_known: Array<MapData, u32>,
+    /// Writes the CLOCK map while the maps live.
+    _clock: Clock,
 }
 
-fn map_error(name: &'static str) -> impl Fn(MapError) -> TracerError {
-    move |source| TracerError::Map { name, source }
+/// What of a process's blocks to drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forget {
+    /// It exited: every block, its counters and its place in the traced set.
+    Process(u32),
+    /// It called exec at this CLOCK_BOOTTIME: the blocks of its old image.
+    Before { pid: u32, exec_ns: u64 },
+}
+
+impl Forget {
+    fn pid(self) -> u32 {
+        match self {
+            Forget::Process(pid) | Forget::Before { pid, .. } => pid,
+        }
+    }
+
+    fn drops(self, key: &AllocKey, info: &AllocInfo) -> bool {
+        key.tgid == self.pid()
+            && match self {
+                Forget::Process(_) => true,
+                Forget::Before { exec_ns, .. } => info.timestamp_ns < exec_ns,
+            }
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
-) -> Result<T, TracerError> {
-    let map = ebpf.take_map(name).ok_or(TracerError::Missing(name))?;
+) -> Result<T, KernelError> {
+    let map = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
     T::try_from(map).map_err(map_error(name))
 }
 
 impl KernelMaps {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, TracerError> {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        let clock = Clock::start(take(ebpf, map_names::CLOCK)?).map_err(KernelError::Clock)?;
         Ok(Self {
             allocs: match ebpf.take_map(map_names::ALLOCS) {
                 Some(map @ Map::HashMap(_)) => map,
-                _ => return Err(TracerError::Missing(map_names::ALLOCS)),
+                _ => return Err(KernelError::Missing(map_names::ALLOCS)),
             },
             stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
             process_counters: take(ebpf, map_names::PROCESS_COUNTERS)?,
             traced: take(ebpf, map_names::TRACED_PIDS)?,
             events: Some(take(ebpf, map_names::EVENTS)?),
+            wrapper_calls: take(ebpf, map_names::WRAPPER_CALLS)?,
+            wrappers_known: take(ebpf, map_names::WRAPPERS_KNOWN)?,
+            _clock: clock,
         })
+    }
+
+    /// Tells the stack walk about `calls` made by frameless wrappers, to step over.
+    pub fn add_wrapper_calls<'a>(
+        &mut self,
+        calls: impl IntoIterator<Item = &'a WrapperCall>,
+    ) -> Result<(), KernelError> {
+        let mut calls = calls.into_iter().peekable();
+        if calls.peek().is_none() {
+            return Ok(());
+        }
+        for call in calls {
+            self.wrapper_calls
+                .insert(call.code, call.frame, 0)
+                .map_err(map_error(map_names::WRAPPER_CALLS))?;
+        }
+        self.wrappers_known
+            .set(0, 1, 0)
+            .map_err(map_error(map_names::WRAPPERS_KNOWN))
     }
 
     /// Makes the programs record allocations of process `pid` (in [`Mode::Set`]).
     ///
-    /// [`Mode::Set`]: crate::tracer::Mode::Set
-    pub fn trace(&mut self, pid: u32) -> Result<(), TracerError> {
+    /// [`Mode::Set`]: super::Mode::Set
+    pub fn trace(&mut self, pid: u32) -> Result<(), KernelError> {
         self.traced
             .insert(pid, 1, 0)
             .map_err(map_error(map_names::TRACED_PIDS))
@@ -90,7 +146,7 @@ impl KernelMaps {
     }
 
     /// The counters of process `pid`: those of the one traced process when `only`.
-    pub fn counters(&self, pid: u32, only: bool) -> Result<Counters, TracerError> {
+    pub fn counters(&self, pid: u32, only: bool) -> Result<Counters, KernelError> {
         let mut totals: ProcessCounters = [0; Counter::COUNT as usize];
         if only {
             for (index, total) in (0..).zip(totals.iter_mut()) {
@@ -131,7 +187,7 @@ impl KernelMaps {
     pub fn sites(
         &self,
         allocated_before_ns: Option<u64>,
-    ) -> Result<StdHashMap<u32, Vec<SiteState>>, TracerError> {
+    ) -> Result<StdHashMap<u32, Vec<SiteState>>, KernelError> {
         let mut sites: StdHashMap<(u32, u64), SiteState> = StdHashMap::new();
         let scan = batch::for_each::<AllocKey, AllocInfo>(
             self.allocs_fd(),
@@ -151,7 +207,7 @@ impl KernelMaps {
                 site.oldest_ns = site.oldest_ns.min(info.timestamp_ns);
             },
         );
-        scan.map_err(|source| TracerError::Read {
+        scan.map_err(|source| KernelError::Read {
             name: map_names::ALLOCS,
             source,
         })?;
@@ -169,24 +225,19 @@ impl KernelMaps {
         }
     }
 
-    /// Drops what the processes in `stale` hold: for each, its blocks recorded before a
-    /// time (it exec'd), or all of them, its counters and its place in the traced set
-    /// (None: it exited). One scan for them all.
-    pub fn forget(&mut self, stale: &[(u32, Option<u64>)]) -> Result<(), TracerError> {
+    /// Drops what `stale` says of each process, in one scan for them all.
+    pub fn forget(&mut self, stale: &[Forget]) -> Result<(), KernelError> {
         let mut keys = Vec::new();
         let scan = batch::for_each::<AllocKey, AllocInfo>(
             self.allocs_fd(),
             ALLOCS_PER_READ,
             |key, info| {
-                let dropped = stale.iter().any(|&(pid, before)| {
-                    key.tgid == pid && before.is_none_or(|before| info.timestamp_ns < before)
-                });
-                if dropped {
+                if stale.iter().any(|forget| forget.drops(key, info)) {
                     keys.push(*key);
                 }
             },
         );
-        scan.map_err(|source| TracerError::Read {
+        scan.map_err(|source| KernelError::Read {
             name: map_names::ALLOCS,
             source,
         })?;
@@ -197,17 +248,17 @@ impl KernelMaps {
             // Freed meanwhile: as good.
             let _ = allocs.remove(key);
         }
-        for &(pid, before) in stale {
-            if before.is_none() {
-                let _ = self.process_counters.remove(&pid);
-                let _ = self.traced.remove(&pid);
+        for forget in stale {
+            if let Forget::Process(pid) = forget {
+                let _ = self.process_counters.remove(pid);
+                let _ = self.traced.remove(pid);
             }
         }
         Ok(())
     }
 
     /// The return addresses of stack `stack_id`, innermost first; None if not stored.
-    pub fn stack(&self, stack_id: u64) -> Result<Option<Vec<u64>>, TracerError> {
+    pub fn stack(&self, stack_id: u64) -> Result<Option<Vec<u64>>, KernelError> {
         match self.stacks.get(&stack_id, 0) {
             Ok(trace) => Ok(Some(trace.addresses().to_vec())),
             Err(MapError::KeyNotFound) => Ok(None),

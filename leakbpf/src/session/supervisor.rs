@@ -1,10 +1,18 @@
-//! Supervises a command leakbpf started, so its stacks can be symbolized at its exit.
+//! Supervises a command leakbpf started, so its probes are in place before each program
+//! it runs starts, and its stacks can be symbolized at its exit.
 //!
-//! A short-lived command may allocate and exit within microseconds, before the agent has
-//! read its memory map, and after exit the map is gone. So the child is seized with
-//! ptrace for one event only: `PTRACE_EVENT_EXIT`, where the kernel holds an exiting
-//! process with its memory still mapped. The agent symbolizes what is pending, then the
-//! child goes on exiting. Every other stop (signals, group stops) is passed straight on.
+//! The child is seized with ptrace for two events only:
+//! - `PTRACE_EVENT_EXEC`: the new image is loaded and has not run an instruction. The
+//!   started command's own exec is the first; a launcher (`env VAR=… prog`, `nice`,
+//!   `timeout`, a `#!` script, a shell wrapper ending in `exec`) makes more. The agent
+//!   plans and attaches the probes for the new image, then lets it run, so its first
+//!   allocations are seen.
+//! - `PTRACE_EVENT_EXIT`: the kernel holds an exiting process with its memory still
+//!   mapped. A short-lived command may allocate and exit within microseconds, before the
+//!   agent has read its memory map, and after exit the map is gone: the agent
+//!   symbolizes what is pending, then the child goes on exiting.
+//!
+//! Every other stop (signals, group stops) is passed straight on.
 
 use std::{io, num::NonZeroU32, sync::mpsc, thread, time::Duration};
 
@@ -13,6 +21,9 @@ use tokio::sync::mpsc as async_mpsc;
 /// What happens to the supervised child.
 #[derive(Debug)]
 pub enum ChildEvent {
+    /// Stopped after an exec, before the new image runs, until the agent calls
+    /// [`TracedChild::resume`].
+    Exec,
     /// Stopped at its exit with its memory still mapped, until the agent calls
     /// [`TracedChild::resume`].
     Exiting,
@@ -26,7 +37,7 @@ pub struct TracedChild {
     resume: mpsc::Sender<()>,
 }
 
-/// How long an exiting child is held at most, should the agent not answer.
+/// How long a child is held at most, should the agent not answer.
 const MAX_HOLD: Duration = Duration::from_secs(30);
 
 impl TracedChild {
@@ -45,7 +56,7 @@ impl TracedChild {
                     libc::PTRACE_SEIZE,
                     pid,
                     0,
-                    libc::PTRACE_O_TRACEEXIT as libc::c_long,
+                    (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as libc::c_long,
                 )
             };
             let ok = seized == 0;
@@ -77,7 +88,8 @@ impl TracedChild {
         self.events.recv().await
     }
 
-    /// Lets an [`ChildEvent::Exiting`] child finish exiting.
+    /// Lets a child held at [`ChildEvent::Exec`] run, or one held at
+    /// [`ChildEvent::Exiting`] finish exiting.
     pub fn resume(&self) {
         let _ = self.resume.send(());
     }
@@ -107,7 +119,11 @@ fn supervise(
             continue;
         }
         let event = status >> 16;
-        let (request, signal) = if event == libc::PTRACE_EVENT_EXIT {
+        let (request, signal) = if event == libc::PTRACE_EVENT_EXEC {
+            let _ = events.send(ChildEvent::Exec);
+            let _ = resume.recv_timeout(MAX_HOLD);
+            (libc::PTRACE_CONT, 0)
+        } else if event == libc::PTRACE_EVENT_EXIT {
             let _ = events.send(ChildEvent::Exiting);
             let _ = resume.recv_timeout(MAX_HOLD);
             (libc::PTRACE_DETACH, 0)

@@ -1,10 +1,7 @@
-//! Turns stacks of return addresses into named frames, with blazesym.
-//!
-//! blazesym's `Symbolizer` caches parsed ELF and DWARF data, so one lives for the whole
-//! run; it is not `Send`, so it lives on a thread of its own, fed through a channel with
-//! whole batches of stacks.
+//! The symbolizing thread's work: blazesym's symbolizer and normalizer over a process's
+//! addresses, one batch at a time.
 
-use std::{num::NonZeroU32, sync::mpsc, thread};
+use std::num::NonZeroU32;
 
 use blazesym::{
     Pid,
@@ -15,100 +12,16 @@ use blazesym::{
         source::{Process, Source},
     },
 };
-use serde::Serialize;
-use tokio::sync::oneshot;
 
-/// One frame of a symbolized stack.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Frame {
-    /// The return address, as the process saw it.
-    #[serde(serialize_with = "hex")]
-    pub address: u64,
-    /// Demangled function name.
-    pub function: Option<String>,
-    /// The object file the address is in.
-    pub module: Option<String>,
-    /// The address's offset in that file.
-    #[serde(serialize_with = "hex_opt")]
-    pub offset: Option<u64>,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// A function inlined into the frame below it: it shares its address.
-    pub inlined: bool,
-}
+use super::{Frame, StackRequest};
 
-fn hex<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_args!("{value:#x}"))
-}
-
-fn hex_opt<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(value) => hex(value, serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// A stack to symbolize: its id and return addresses, innermost first.
-pub type StackRequest = (u64, Vec<u64>);
-
-struct Request {
-    pid: NonZeroU32,
-    stacks: Vec<StackRequest>,
-    reply: oneshot::Sender<Vec<(u64, Vec<Frame>)>>,
-}
-
-/// The handle to the symbolizing thread.
-pub struct SymbolizerHandle {
-    requests: mpsc::Sender<Request>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the symbolizer thread is gone")]
-pub struct SymbolizerGone;
-
-impl SymbolizerHandle {
-    pub fn spawn() -> std::io::Result<Self> {
-        let (requests, incoming) = mpsc::channel::<Request>();
-        thread::Builder::new()
-            .name("symbolizer".into())
-            .spawn(move || {
-                let worker = Worker::new();
-                for request in incoming {
-                    let frames = worker.symbolize(request.pid, request.stacks);
-                    // The agent may have stopped waiting: nothing to do then.
-                    let _ = request.reply.send(frames);
-                }
-            })?;
-        Ok(Self { requests })
-    }
-
-    /// Caches the memory map of process `pid` while it exists, for stacks symbolized
-    /// after it is gone.
-    pub async fn remember(&self, pid: NonZeroU32) -> Result<(), SymbolizerGone> {
-        self.symbolize(pid, Vec::new()).await.map(drop)
-    }
-
-    /// Symbolizes `stacks` of process `pid`; each comes back with its id.
-    pub async fn symbolize(
-        &self,
-        pid: NonZeroU32,
-        stacks: Vec<StackRequest>,
-    ) -> Result<Vec<(u64, Vec<Frame>)>, SymbolizerGone> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request { pid, stacks, reply })
-            .map_err(|_| SymbolizerGone)?;
-        answer.await.map_err(|_| SymbolizerGone)
-    }
-}
-
-struct Worker {
+pub(super) struct Worker {
     symbolizer: Symbolizer,
     normalizer: Normalizer,
 }
 
 impl Worker {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             symbolizer: Symbolizer::builder()
                 .enable_inlined_fns(true)
@@ -119,7 +32,11 @@ impl Worker {
         }
     }
 
-    fn symbolize(&self, pid: NonZeroU32, stacks: Vec<StackRequest>) -> Vec<(u64, Vec<Frame>)> {
+    pub(super) fn symbolize(
+        &self,
+        pid: NonZeroU32,
+        stacks: Vec<StackRequest>,
+    ) -> Vec<(u64, Vec<Frame>)> {
         // Refresh the cached memory map while the process is alive (it may have loaded
         // libraries since), so stacks asked for after it exited still resolve. A failure
         // leaves the previous cache in place.

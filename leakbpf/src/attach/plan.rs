@@ -4,12 +4,12 @@ use std::fmt;
 
 use leakbpf_common::AllocKind;
 
-use crate::{
+use super::{
     elf::{ElfError, ElfObject},
-    frameless::{self, WrapperCall},
     objects::MappedObject,
     placement::{self, Role},
 };
+use crate::unwind::{self, WrapperCall};
 
 /// What a probed function is, which decides the eBPF program attached to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,7 +177,7 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
             };
             let offset = placement::probe_offset(&function.prologue, role);
             let wrapper_calls = match probed {
-                Probed::New => frameless::calls(&elf, function),
+                Probed::New => unwind::wrapper_calls(&elf, function),
                 _ => Vec::new(),
             };
             probes.push(Probe {
@@ -216,7 +216,7 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects;
+    use crate::attach::objects;
 
     fn with_symbol<'a>(probes: &'a [Probe], symbol: &str) -> Option<&'a Probe> {
         probes

@@ -1,109 +1,32 @@
-//! Writes reports: a table for people, or JSON lines for log pipelines.
+//! The table: a report for people, one block per call site with its stack under it.
 
 use std::{
     borrow::Cow,
     fmt::Write as _,
-    fs::OpenOptions,
     io::{self, Write},
-    num::NonZeroU32,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
 };
 
-use crate::{kernel_maps::SiteState, report::Report};
+use super::{ProcessSummary, Render};
+use crate::snapshot::Snapshot;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
-/// Frames shown per call site in the table; JSON carries them all.
+/// Frames shown per call site; JSON carries them all.
 const TABLE_FRAMES: usize = 12;
 
-#[derive(Debug, thiserror::Error)]
-pub enum OutputError {
-    #[error("cannot open output file {path}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot write the report")]
-    Write(#[from] io::Error),
-}
+pub struct Table;
 
-pub struct Output {
-    format: Format,
-    sink: Box<dyn Write + Send>,
-}
-
-impl Output {
-    /// Reports to `path`, created with `mode` if new, or to stdout.
-    pub fn open(format: Format, path: Option<&Path>, mode: u32) -> Result<Self, OutputError> {
-        let sink: Box<dyn Write + Send> = match path {
-            Some(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(mode)
-                    .open(path)
-                    .map_err(|source| OutputError::Open {
-                        path: path.to_owned(),
-                        source,
-                    })?,
-            ),
-            None => Box::new(io::stdout()),
-        };
-        Ok(Self { format, sink })
+impl Render for Table {
+    fn snapshot(&mut self, snapshot: &Snapshot, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(table(snapshot).as_bytes())
     }
 
-    pub fn write(&mut self, report: &Report) -> Result<(), OutputError> {
-        let text = match self.format {
-            Format::Json => {
-                let mut line = serde_json::to_string(report).map_err(io::Error::from)?;
-                line.push('\n');
-                line
-            }
-            Format::Table => table(report),
-        };
-        self.sink.write_all(text.as_bytes())?;
-        self.sink.flush()?;
-        Ok(())
-    }
-}
-
-/// One process in the `--all` summary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessSummary {
-    pub pid: NonZeroU32,
-    /// Its command name, as the kernel has it; empty once it is gone.
-    pub comm: String,
-    pub bytes: u64,
-    pub allocations: u64,
-    pub callsites: usize,
-}
-
-impl ProcessSummary {
-    pub fn of(pid: NonZeroU32, sites: &[SiteState]) -> Self {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        Self {
-            pid,
-            comm: comm.trim_end().to_owned(),
-            bytes: sites.iter().map(|s| s.bytes).sum(),
-            allocations: sites.iter().map(|s| s.allocations).sum(),
-            callsites: sites.len(),
-        }
-    }
-}
-
-impl Output {
-    /// With `--all`, the processes reported on next, in a table; JSON lines carry the
-    /// same figures in each process's report.
-    pub fn write_summary(
+    /// The processes reported on next, in a table; JSON lines carry the same figures in
+    /// each process's report.
+    fn summary(
         &mut self,
         processes: &[ProcessSummary],
         is_final: bool,
-    ) -> Result<(), OutputError> {
-        if self.format == Format::Json {
-            return Ok(());
-        }
+        sink: &mut dyn Write,
+    ) -> io::Result<()> {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -121,15 +44,13 @@ impl Output {
                 out,
                 "  {:>8}  {:<16}  {:>14}  {:>10}  {:>6}",
                 process.pid,
-                printable(&process.comm),
+                printable(&process.command),
                 process.bytes,
                 process.allocations,
                 process.callsites
             );
         }
-        self.sink.write_all(out.as_bytes())?;
-        self.sink.flush()?;
-        Ok(())
+        sink.write_all(out.as_bytes())
     }
 }
 
@@ -143,8 +64,8 @@ fn printable(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// The report as a table: one block per call site, its stack under it.
-pub fn table(report: &Report) -> String {
+/// The snapshot as a table: one block per call site, its stack under it.
+pub fn table(report: &Snapshot) -> String {
     let mut out = String::new();
     let c = &report.counters;
     let _ = writeln!(

@@ -1,5 +1,6 @@
-//! The run after attaching: reports every interval, and keeps up with the traced
-//! processes' lives (the eBPF side's events, the targets' exits) until the end.
+//! The run after the first attach: reports every interval, and keeps up with the traced
+//! processes' lives (the eBPF side's events, the started command's execs and exit, the
+//! targets' exits) until the end.
 
 use std::{
     collections::HashMap,
@@ -17,16 +18,17 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use crate::{
-    clock, fd,
-    kernel_maps::{KernelMaps, SiteState},
+use super::{
+    facts, fd,
     lifetime::{LifeEvent, Lifetime},
-    objects,
+    registry::Registry,
+};
+use crate::{
+    analyze::{self, Moment},
+    attach::{Attacher, Image, ImageError, Scope},
+    kernel::{self, KernelMaps, Mode, SiteState},
     output::{Output, ProcessSummary},
-    probes, process,
-    report::{self, Moment, ReportBuilder},
-    symbolizer::{Frame, StackRequest, SymbolizerHandle},
-    tracer::{Mode, Scope, Tracer},
+    symbolize::{StackRequest, SymbolizerHandle},
 };
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -34,63 +36,40 @@ pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// Stacks sent to the symbolizer in one request.
 const SYMBOLIZE_AT_ONCE: usize = 256;
 
-/// A traced process and its report history.
-pub struct Process {
-    pid: NonZeroU32,
-    builder: ReportBuilder,
-    reports: u64,
-}
-
-impl Process {
-    pub fn new(pid: NonZeroU32) -> Self {
-        Self {
-            pid,
-            builder: ReportBuilder::default(),
-            reports: 0,
-        }
-    }
-}
-
-pub struct Monitor {
-    /// The processes reported on, each until it exits. With `--all`, those seen so far.
-    pub processes: Vec<Process>,
+/// What the loop is told by the command line.
+pub struct LoopSettings {
     pub mode: Mode,
     /// With `--all`: how many processes each interval reports on.
     pub top_processes: Option<usize>,
     /// Probes fire in every process (`--follow-forks`, `--all`), not one each.
     pub system_wide: bool,
-    /// The command leakbpf started, until its exec: that exec is its start, not news.
-    pub starting: Option<NonZeroU32>,
-    pub prefix: Option<String>,
-    pub floor: bool,
-    /// Owns every probe: they detach when the monitor is dropped.
-    pub tracer: Tracer,
-    pub maps: KernelMaps,
-    pub output: Output,
-    /// Symbolized stacks by process and stack id: each is symbolized once.
-    pub frames: HashMap<(NonZeroU32, u64), Arc<[Frame]>>,
-    /// Forked children that have not called exec → their parent, whose memory map
-    /// theirs is a copy of: a child that exits at once is named with it. (A child that
-    /// loads a library of its own before exec is named by its parent's map all the same.)
-    pub map_of: HashMap<NonZeroU32, NonZeroU32>,
-    pub symbolizer: SymbolizerHandle,
-    /// Processes whose blocks are to be dropped before the next drain: all of them
-    /// (None: it exited), or those older than its exec.
-    pub stale: Vec<(u32, Option<u64>)>,
-    pub ticks: u64,
     pub interval: Duration,
     pub top: usize,
     pub min_age: Option<Duration>,
+    pub count: Option<u64>,
+    pub verbose: bool,
 }
 
-impl Monitor {
-    pub async fn run(
-        mut self,
-        mut lifetime: Lifetime,
-        count: Option<u64>,
-        logger: Option<Logger>,
-    ) -> Result<()> {
-        let mut ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
+pub struct EventLoop {
+    pub settings: LoopSettings,
+    pub registry: Registry,
+    /// Owns every probe: they detach when the loop is dropped.
+    pub attacher: Attacher,
+    pub maps: KernelMaps,
+    pub output: Output,
+    pub symbolizer: SymbolizerHandle,
+    /// The command leakbpf started: its execs are held, and attached to, by ptrace.
+    pub started: Option<NonZeroU32>,
+    /// The same until its first exec: that exec is its start, not news.
+    pub starting: Option<NonZeroU32>,
+    /// Until the started command's first image is attached: it must be traceable.
+    pub first_image: bool,
+}
+
+impl EventLoop {
+    pub async fn run(mut self, mut lifetime: Lifetime, logger: Option<Logger>) -> Result<()> {
+        let interval = self.settings.interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -105,13 +84,14 @@ impl Monitor {
         // A running process has its libraries mapped already: cache its memory map now,
         // so its stacks can be named even if it exits before the agent gets to them.
         self.remember_maps().await?;
-        while self.mode == Mode::All || !self.processes.is_empty() {
+        let mut ticks = 0;
+        while self.settings.mode == Mode::All || !self.registry.is_empty() {
             tokio::select! {
                 _ = ticker.tick() => {
                     self.remember_maps().await?;
-                    self.ticks += 1;
-                    let last = count.is_some_and(|count| self.ticks >= count);
-                    if last {
+                    self.registry.refresh_facts();
+                    ticks += 1;
+                    if self.settings.count.is_some_and(|count| ticks >= count) {
                         break;
                     }
                     self.report_interval(false).await?;
@@ -119,7 +99,14 @@ impl Monitor {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 event = lifetime.next() => match event {
+                    LifeEvent::Exec(pid) => {
+                        let attached = self.attach_exec(pid);
+                        // Let it run either way: on an error it is killed, and the run ends.
+                        lifetime.resume();
+                        attached?;
+                    }
                     LifeEvent::Exiting(pid) => {
+                        self.registry.refresh_facts();
                         // Its memory map is still there: name every stack seen so far.
                         if let Some(ring) = events.as_mut() {
                             self.handle_events(ring.get_mut()).await?;
@@ -152,16 +139,60 @@ impl Monitor {
         if let Some(ring) = events.as_mut() {
             self.handle_events(ring.get_mut()).await?;
         }
-        self.report_interval(true).await?;
-        Ok(())
+        self.report_interval(true).await
+    }
+
+    /// Where the probes for process `pid` fire.
+    fn scope(&self, pid: NonZeroU32) -> Scope {
+        if self.settings.system_wide {
+            Scope::System
+        } else {
+            Scope::Process(pid)
+        }
+    }
+
+    /// The started command, held at an exec: the new image's probes are attached before
+    /// it runs. The first image must be traceable; a later one that is not is said.
+    fn attach_exec(&mut self, pid: NonZeroU32) -> Result<()> {
+        let first = std::mem::take(&mut self.first_image);
+        if let Some(process) = self.registry.get_mut(pid) {
+            process.facts = facts::facts(pid.get());
+        }
+        let scope = self.scope(pid);
+        match self
+            .attacher
+            .attach_image(&mut self.maps, Image::Exec(pid), scope)
+        {
+            Ok(attachment) => {
+                let whom = match facts::facts(pid.get()).executable {
+                    Some(exe) => format!("pid {pid} ({exe})"),
+                    None => format!("pid {pid}"),
+                };
+                eprintln!("{}", attachment.describe(&whom, self.settings.verbose));
+                Ok(())
+            }
+            Err(err) if first => {
+                // It must not run untraced.
+                // SAFETY: a signal to our own child, held by ptrace.
+                unsafe { libc::kill(pid.get() as libc::pid_t, libc::SIGKILL) };
+                let program = facts::facts(pid.get()).executable.unwrap_or_default();
+                Err(err).with_context(|| format!("cannot trace {program}"))
+            }
+            Err(err) => {
+                eprintln!(
+                    "leakbpf: warning: pid {pid} exec'd a program leakbpf cannot trace, whose \
+                     allocations are not seen: {:#}",
+                    anyhow::Error::from(err)
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Caches the memory map of every traced process, for symbolizing after its exit.
     async fn remember_maps(&self) -> Result<()> {
-        for process in &self.processes {
-            if !self.map_of.contains_key(&process.pid) {
-                self.symbolizer.remember(process.pid).await?;
-            }
+        for pid in self.registry.map_owners() {
+            self.symbolizer.remember(pid).await?;
         }
         Ok(())
     }
@@ -180,28 +211,22 @@ impl Monitor {
             let Some(pid) = NonZeroU32::new(event.tgid) else {
                 continue;
             };
+            let parent = u32::try_from(event.value).ok().and_then(NonZeroU32::new);
             match EventKind::from_u32(event.kind) {
                 Some(EventKind::NewStack) => {
-                    if self.mode == Mode::All && !self.is_known(pid) {
-                        self.discovered(pid).await?;
+                    if self.settings.mode == Mode::All && !self.registry.contains(pid) {
+                        self.discovered(pid).await;
                     }
                     new_stacks.entry(pid).or_default().push(event.value);
                 }
                 Some(EventKind::Fork) => {
                     eprintln!("leakbpf: following pid {pid} (from pid {})", event.value);
-                    self.processes.push(Process::new(pid));
-                    if let Some(parent) = u32::try_from(event.value).ok().and_then(NonZeroU32::new)
-                    {
-                        self.map_of.insert(pid, parent);
-                    }
+                    self.registry.add(pid, parent);
                 }
                 Some(EventKind::Exec) if self.starting == Some(pid) => self.starting = None,
-                Some(EventKind::Exec) if self.is_known(pid) => {
-                    // The old image's stacks go with its blocks; the new one is probed
-                    // first, as its code runs already, then its map is read while the
-                    // executable is mapped at least.
+                Some(EventKind::Exec) if self.registry.contains(pid) => {
+                    // The old image's stacks go with its blocks.
                     new_stacks.remove(&pid);
-                    self.map_of.remove(&pid);
                     self.executed(pid, event.value);
                     self.symbolizer.remember(pid).await?;
                 }
@@ -220,104 +245,94 @@ impl Monitor {
         Ok(())
     }
 
-    fn is_known(&self, pid: NonZeroU32) -> bool {
-        self.processes.iter().any(|p| p.pid == pid)
-    }
-
     /// With `--all`, a process seen for the first time: its memory map is cached, and
     /// what its allocator needs besides the C library's probes is added.
-    async fn discovered(&mut self, pid: NonZeroU32) -> Result<()> {
-        self.processes.push(Process::new(pid));
+    async fn discovered(&mut self, pid: NonZeroU32) {
+        self.registry.add(pid, None);
         let _ = self.symbolizer.remember(pid).await;
+        let attached =
+            self.attacher
+                .attach_image(&mut self.maps, Image::Running(pid), Scope::System);
         // Best effort: a process gone already, or one with nothing more to probe.
-        if let Ok(objects) = objects::of_process(pid.get())
-            && let Ok(probes) = probes::plan(&objects, self.prefix.as_deref())
-            && let Err(err) = self.tracer.attach(&probes, Scope::System, self.floor)
-            && process::is_alive(pid.get())
+        if let Err(err) = attached
+            && facts::is_alive(pid.get())
+            && matches!(err, ImageError::Attach(_))
         {
             eprintln!(
                 "leakbpf: warning: pid {pid}: {:#}",
                 anyhow::Error::from(err)
             );
         }
-        Ok(())
     }
 
     /// Process `pid` called exec at `exec_ns`: the blocks of its old image are gone, its
     /// stacks mean other code from now on, and its new image may allocate elsewhere.
+    /// (The started command's new images are attached at their exec stop instead.)
     fn executed(&mut self, pid: NonZeroU32, exec_ns: u64) {
-        self.stale.push((pid.get(), Some(exec_ns)));
-        self.frames.retain(|(owner, _), _| *owner != pid);
-        if self.mode != Mode::All {
-            eprintln!("leakbpf: pid {pid} called exec: the blocks of its old image are dropped");
+        self.registry.executed(pid, exec_ns);
+        if self.settings.mode == Mode::All {
+            return;
         }
-        // Its libraries are not mapped yet: ask its program interpreter which it will map.
-        let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-        let scope = if self.system_wide {
-            Scope::System
-        } else {
-            Scope::Process(pid)
-        };
-        let attached = objects::of_command(&exe)
-            .map_err(anyhow::Error::from)
-            .and_then(|objects| Ok(probes::plan(&objects, self.prefix.as_deref())?))
-            .and_then(|probes| Ok(self.tracer.attach(&probes, scope, self.floor)?));
-        match attached {
+        eprintln!("leakbpf: pid {pid} called exec: the blocks of its old image are dropped");
+        if self.started == Some(pid) {
+            return;
+        }
+        let scope = self.scope(pid);
+        match self
+            .attacher
+            .attach_image(&mut self.maps, Image::Exec(pid), scope)
+        {
             Ok(_) => {}
             // Gone already: nothing to follow.
-            Err(_) if !process::is_alive(pid.get()) => {}
-            Err(err) => eprintln!("leakbpf: warning: pid {pid} after exec: {err:#}"),
+            Err(_) if !facts::is_alive(pid.get()) => {}
+            Err(err) => eprintln!(
+                "leakbpf: warning: pid {pid} after exec: {:#}",
+                anyhow::Error::from(err)
+            ),
         }
     }
 
     /// Process `pid` is gone: its final report (not with `--all`, where processes come
     /// and go by the thousand), then what the kernel kept of it.
     async fn exited(&mut self, pid: NonZeroU32, status: Option<String>) -> Result<()> {
-        let known = self.is_known(pid);
-        if known && self.mode != Mode::All {
+        if self.registry.contains(pid) && self.settings.mode != Mode::All {
             let status = status.unwrap_or_else(|| "exited".to_owned());
             eprintln!("leakbpf: pid {pid} {status}");
             let sites = self.drain()?.remove(&pid.get()).unwrap_or_default();
             self.report(pid, sites, true).await?;
         }
-        self.processes.retain(|p| p.pid != pid);
-        self.frames.retain(|(owner, _), _| *owner != pid);
-        self.map_of.remove(&pid);
-        if self.mode != Mode::One(pid) {
-            self.stale.push((pid.get(), None));
-        }
+        // With one traced process, the kernel's counters are its own and outlive it.
+        let forget = self.settings.mode != Mode::One(pid);
+        self.registry.remove(pid, forget);
         Ok(())
     }
 
     /// Symbolizes the stacks of process `pid` among `ids` not symbolized yet.
     async fn symbolize(&mut self, pid: NonZeroU32, mut ids: Vec<u64>) -> Result<()> {
+        let owner = self.registry.map_owner(pid);
+        let Some(process) = self.registry.get_mut(pid) else {
+            return Ok(());
+        };
         ids.sort_unstable();
         ids.dedup();
         let mut requests: Vec<StackRequest> = Vec::new();
         for id in ids {
-            if self.frames.contains_key(&(pid, id)) {
+            if process.frames.contains_key(&id) {
                 continue;
             }
             match self.maps.stack(id)? {
                 Some(addresses) => requests.push((id, addresses)),
                 None => {
-                    self.frames.insert((pid, id), Arc::from(Vec::new()));
+                    process.frames.insert(id, Arc::from(Vec::new()));
                 }
             }
-        }
-        if requests.is_empty() {
-            return Ok(());
-        }
-        let mut map = pid;
-        while let Some(&parent) = self.map_of.get(&map) {
-            map = parent;
         }
         // In slices: what blazesym returns for a burst of thousands of new stacks at
         // once would be the agent's peak memory.
         while !requests.is_empty() {
             let rest = requests.split_off(requests.len().saturating_sub(SYMBOLIZE_AT_ONCE));
-            for (id, frames) in self.symbolizer.symbolize(map, rest).await? {
-                self.frames.insert((pid, id), Arc::from(frames));
+            for (id, frames) in self.symbolizer.symbolize(owner, rest).await? {
+                process.frames.insert(id, Arc::from(frames));
             }
         }
         Ok(())
@@ -326,12 +341,12 @@ impl Monitor {
     /// The call sites of every process, from one scan of the allocations, once the
     /// stale ones are dropped.
     fn drain(&mut self) -> Result<HashMap<u32, Vec<SiteState>>> {
-        if !self.stale.is_empty() {
-            self.maps.forget(&self.stale)?;
-            self.stale.clear();
+        let stale = self.registry.take_stale();
+        if !stale.is_empty() {
+            self.maps.forget(&stale)?;
         }
-        let cutoff = self.min_age.map(|age| {
-            clock::boot_time_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
+        let cutoff = self.settings.min_age.map(|age| {
+            kernel::boot_time_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
         });
         Ok(self.maps.sites(cutoff)?)
     }
@@ -340,13 +355,20 @@ impl Monitor {
     /// most, after a summary of them.
     async fn report_interval(&mut self, is_final: bool) -> Result<()> {
         let mut drained = self.drain()?;
-        let pids: Vec<NonZeroU32> = match self.top_processes {
-            None => self.processes.iter().map(|p| p.pid).collect(),
+        let pids: Vec<NonZeroU32> = match self.settings.top_processes {
+            None => self.registry.pids(),
             Some(top) => {
                 let mut summaries: Vec<ProcessSummary> = drained
                     .iter()
                     .filter_map(|(&pid, sites)| {
-                        Some(ProcessSummary::of(NonZeroU32::new(pid)?, sites))
+                        let pid = NonZeroU32::new(pid)?;
+                        Some(ProcessSummary {
+                            pid,
+                            command: facts::facts(pid.get()).command.unwrap_or_default(),
+                            bytes: sites.iter().map(|s| s.bytes).sum(),
+                            allocations: sites.iter().map(|s| s.allocations).sum(),
+                            callsites: sites.len(),
+                        })
                     })
                     .collect();
                 summaries.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
@@ -369,19 +391,15 @@ impl Monitor {
         mut sites: Vec<SiteState>,
         is_final: bool,
     ) -> Result<()> {
-        report::rank(&mut sites);
-        self.symbolize(
-            pid,
-            sites.iter().take(self.top).map(|s| s.stack_id).collect(),
-        )
-        .await?;
+        self.registry.add(pid, None);
+        analyze::rank(&mut sites);
+        let top = self.settings.top;
+        self.symbolize(pid, sites.iter().take(top).map(|s| s.stack_id).collect())
+            .await?;
         let counters = self
             .maps
-            .counters(pid.get(), matches!(self.mode, Mode::One(_)))?;
-        if !self.is_known(pid) {
-            self.processes.push(Process::new(pid));
-        }
-        let Some(process) = self.processes.iter_mut().find(|p| p.pid == pid) else {
+            .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;
+        let Some(process) = self.registry.get_mut(pid) else {
             return Ok(());
         };
         process.reports += 1;
@@ -389,19 +407,20 @@ impl Monitor {
             pid: pid.get(),
             number: process.reports,
             is_final,
-            interval: self.interval,
+            interval: self.settings.interval,
             timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            now_ns: clock::boot_time_ns(),
+            now_ns: kernel::boot_time_ns(),
             counters,
+            process: process.facts.clone(),
         };
-        let frames = &self.frames;
-        let report = process.builder.build(moment, sites, self.top, |id| {
+        let frames = &process.frames;
+        let snapshot = process.history.build(moment, sites, top, |id| {
             frames
-                .get(&(pid, id))
+                .get(&id)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(Vec::new()))
         });
-        self.output.write(&report)?;
+        self.output.write(&snapshot)?;
         Ok(())
     }
 }

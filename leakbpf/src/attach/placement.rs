@@ -46,7 +46,7 @@ const MAX_INSTRUCTIONS: usize = 8;
 /// # Examples
 ///
 /// ```
-/// use leakbpf::placement::{Role, probe_offset};
+/// use leakbpf::attach::placement::{Role, probe_offset};
 /// // test %rdi,%rdi; je +0xbf; push %rbp
 /// let free = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0, 0x55];
 /// assert_eq!(probe_offset(&free, Role::Free), 9);
@@ -130,7 +130,7 @@ fn jumps_if_zero(instruction: &Instruction) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::elf::ElfObject;
+    use crate::attach::elf::ElfObject;
 
     // Hand-assembled prologues; comments give the AT&T source.
 

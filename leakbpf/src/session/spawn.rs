@@ -1,5 +1,5 @@
-//! The traced process: starting a command held before its first instruction, and
-//! noticing when a process exits.
+//! Starting a command held before it runs, so the probes are in place for its first
+//! instruction.
 
 use std::{
     ffi::{CString, OsString},
@@ -12,25 +12,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tokio::io::unix::AsyncFd;
-
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub enum SpawnError {
     #[error("command not found: {0}")]
     NotFound(String),
     #[error("an argument contains a NUL byte")]
     NulInArgument,
     #[error("cannot start the command")]
     Spawn(#[source] io::Error),
-    #[error("no process with pid {0}")]
-    NoSuchProcess(u32),
-    #[error("cannot watch pid {pid}")]
-    Watch { pid: u32, source: io::Error },
 }
 
 /// The executable `program` names: a path, or a name looked up in `PATH`.
-pub fn resolve(program: &OsString) -> Result<PathBuf, ProcessError> {
-    which::which(program).map_err(|_| ProcessError::NotFound(program.to_string_lossy().into()))
+pub fn resolve(program: &OsString) -> Result<PathBuf, SpawnError> {
+    which::which(program).map_err(|_| SpawnError::NotFound(program.to_string_lossy().into()))
 }
 
 /// A started command, held before `exec` until [`PausedChild::release`], so the probes
@@ -44,20 +38,20 @@ pub struct PausedChild {
 ///
 /// Must run while this process has a single thread: the child runs plain code between
 /// `fork` and `exec`, which is only sound when no other thread could hold a lock.
-pub fn spawn_paused(exe: &Path, args: &[OsString]) -> Result<PausedChild, ProcessError> {
-    let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|_| ProcessError::NulInArgument)?;
+pub fn spawn_paused(exe: &Path, args: &[OsString]) -> Result<PausedChild, SpawnError> {
+    let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|_| SpawnError::NulInArgument)?;
     let args = args
         .iter()
         .map(|arg| CString::new(arg.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ProcessError::NulInArgument)?;
+        .map_err(|_| SpawnError::NulInArgument)?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
     argv.push(std::ptr::null());
 
     let mut fds: [RawFd; 2] = [-1; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(ProcessError::Spawn(io::Error::last_os_error()));
+        return Err(SpawnError::Spawn(io::Error::last_os_error()));
     }
     // SAFETY: pipe2 succeeded, so both are open descriptors owned by nobody else.
     let (wait_end, go_end) =
@@ -66,12 +60,12 @@ pub fn spawn_paused(exe: &Path, args: &[OsString]) -> Result<PausedChild, Proces
     // SAFETY: single-threaded (see above); the child only calls async-signal-safe
     // functions on memory prepared before the fork, then execs or exits.
     match unsafe { libc::fork() } {
-        -1 => Err(ProcessError::Spawn(io::Error::last_os_error())),
+        -1 => Err(SpawnError::Spawn(io::Error::last_os_error())),
         // SAFETY: this is the child just forked by this function.
         0 => unsafe { wait_then_exec(wait_end.as_raw_fd(), go_end.as_raw_fd(), &exe, &argv) },
         pid => {
             let pid = NonZeroU32::new(pid as u32).ok_or_else(|| {
-                ProcessError::Spawn(io::Error::other("fork returned an invalid pid"))
+                SpawnError::Spawn(io::Error::other("fork returned an invalid pid"))
             })?;
             drop(wait_end);
             Ok(PausedChild { pid, go: go_end })
@@ -124,46 +118,4 @@ impl PausedChild {
             Err(io::Error::last_os_error())
         }
     }
-}
-
-/// Becomes ready when a process exits, through a pidfd.
-pub struct ExitWatch {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl ExitWatch {
-    pub fn new(pid: u32) -> Result<Self, ProcessError> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            return Err(if err.raw_os_error() == Some(libc::ESRCH) {
-                ProcessError::NoSuchProcess(pid)
-            } else {
-                ProcessError::Watch { pid, source: err }
-            });
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let fd = crate::fd::poll(fd).map_err(|source| ProcessError::Watch { pid, source })?;
-        Ok(Self { fd })
-    }
-
-    /// Waits for the exit.
-    pub async fn exited(&self) {
-        // A pidfd only ever becomes readable once, at exit, and stays so.
-        let _ready = self.fd.readable().await;
-    }
-}
-
-/// Whether `pid` still runs (a zombie counts as gone).
-pub fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // The state follows the parenthesised command name, which may hold spaces.
-            let (_, rest) = stat.rsplit_once(") ")?;
-            rest.chars().next()
-        })
-        .is_some_and(|state| state != 'Z' && state != 'X')
 }

@@ -1,0 +1,152 @@
+//! Where the probes go: the objects a process maps ([`objects`], read with [`elf`]), the
+//! allocation functions they provide in binding order ([`plan`]), the instruction of
+//! each that the probe goes on ([`placement`]), and attaching the programs there.
+//!
+//! Every attach takes one path, objects → plan → attach ([`Attacher::attach_image`]),
+//! whether for a target at start, a process found later (`--all`, `--follow-forks`)
+//! or a new image after exec.
+
+pub mod elf;
+pub mod objects;
+pub mod placement;
+mod plan;
+mod privileges;
+mod programs;
+mod tracefs;
+
+use std::{fmt::Write as _, num::NonZeroU32};
+
+use self::objects::ObjectsError;
+pub use self::{
+    plan::{PlanError, Probe, Probed},
+    privileges::{MissingPrivileges, check as check_privileges, raise_memlock_limit},
+    programs::{AttachError, Attached, Programs, Scope},
+    tracefs::{ProcessFields, TracefsError, process_fields},
+};
+use crate::kernel::KernelMaps;
+
+/// How the objects of a process are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Image {
+    /// A running process: what it maps, in binding order.
+    Running(NonZeroU32),
+    /// A process at exec, before its new image runs: the new executable and what its
+    /// program interpreter will load for it, under its own environment.
+    Exec(NonZeroU32),
+}
+
+impl Image {
+    pub fn pid(self) -> NonZeroU32 {
+        match self {
+            Image::Running(pid) | Image::Exec(pid) => pid,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+/// The probes planned for one image, and those attached for them.
+pub struct Attachment {
+    pub probes: Vec<Probe>,
+    pub attached: Vec<Attached>,
+}
+
+impl Attachment {
+    /// The line that says what was attached to `whom`; with `verbose`, a line per probe.
+    pub fn describe(&self, whom: &str, verbose: bool) -> String {
+        let mut objects: Vec<String> = self
+            .probes
+            .iter()
+            .map(|p| p.object.path.display().to_string())
+            .collect();
+        objects.dedup();
+        let mut text = format!(
+            "leakbpf: attached {} probes to {whom} in {}",
+            self.attached.len(),
+            objects.join(", ")
+        );
+        if verbose {
+            for attached in &self.attached {
+                let _ = write!(
+                    text,
+                    "\nleakbpf:   {:<11} {}",
+                    attached.program, attached.probe
+                );
+            }
+            for wrapper in self.probes.iter().filter(|p| !p.wrapper_calls.is_empty()) {
+                let _ = write!(
+                    text,
+                    "\nleakbpf:   stepped over {} ({} calls)",
+                    wrapper,
+                    wrapper.wrapper_calls.len()
+                );
+            }
+        }
+        text
+    }
+}
+
+/// The probes `image` needs: the functions of the C allocation interface, their
+/// `prefix`ed twins and C++'s, each in the object that provides it to the process.
+pub fn plan(image: Image, prefix: Option<&str>) -> Result<Vec<Probe>, ImageError> {
+    let objects = match image {
+        Image::Running(pid) => objects::of_process(pid.get())?,
+        Image::Exec(pid) => objects::of_new_image(pid.get())?,
+    };
+    Ok(plan::plan(&objects, prefix)?)
+}
+
+/// Attaches the programs to the allocation functions of images.
+pub struct Attacher {
+    programs: Programs,
+    /// `--symbol-prefix`.
+    prefix: Option<String>,
+    /// Empty programs instead (`--floor`).
+    floor: bool,
+}
+
+impl Attacher {
+    pub fn new(programs: Programs, prefix: Option<String>, floor: bool) -> Self {
+        Self {
+            programs,
+            prefix,
+            floor,
+        }
+    }
+
+    pub fn programs(&mut self) -> &mut Programs {
+        &mut self.programs
+    }
+
+    /// Plans `image` and attaches its probes in `scope`.
+    pub fn attach_image(
+        &mut self,
+        maps: &mut KernelMaps,
+        image: Image,
+        scope: Scope,
+    ) -> Result<Attachment, ImageError> {
+        let probes = plan(image, self.prefix.as_deref())?;
+        Ok(self.attach(maps, probes, scope)?)
+    }
+
+    /// Attaches `probes` in `scope`, and gives the stack walk the frameless wrappers
+    /// among them.
+    pub fn attach(
+        &mut self,
+        maps: &mut KernelMaps,
+        probes: Vec<Probe>,
+        scope: Scope,
+    ) -> Result<Attachment, AttachError> {
+        maps.add_wrapper_calls(probes.iter().flat_map(|p| &p.wrapper_calls))?;
+        let attached = self.programs.attach(&probes, scope, self.floor)?;
+        Ok(Attachment { probes, attached })
+    }
+}

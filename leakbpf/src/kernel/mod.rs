@@ -1,0 +1,160 @@
+//! The kernel side as userspace sees it: the eBPF object loaded with this run's
+//! settings, and its maps read. Every aya map is used here and nowhere else; the
+//! programs themselves are attached by [`crate::attach`].
+
+mod batch;
+mod clock;
+mod maps;
+
+use std::num::NonZeroU32;
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::MapError,
+    programs::{ProgramError, TracePoint, UProbe},
+};
+use leakbpf_common::{ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, global_names, map_names};
+
+pub use self::{
+    clock::boot_time_ns,
+    maps::{Counters, Forget, KernelMaps, SiteState},
+};
+use crate::attach::ProcessFields;
+
+/// The object `cargo xtask build-ebpf` builds from `leakbpf-ebpf`, checked by CI to be
+/// exactly what the current source builds to.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/leakbpf.bpf.o");
+
+pub const ALLOC_ENTER: &str = "alloc_enter";
+pub const ALLOC_EXIT: &str = "alloc_exit";
+pub const FREE_ENTER: &str = "free_enter";
+pub const FLOOR_ENTER: &str = "floor_enter";
+pub const FLOOR_EXIT: &str = "floor_exit";
+pub const PROCESS_FORK: &str = "process_fork";
+pub const PROCESS_EXEC: &str = "process_exec";
+pub const PROCESS_EXIT: &str = "process_exit";
+
+/// How many entries the kernel maps hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Outstanding allocations (`--max-allocs`).
+    pub allocations: u32,
+    /// Distinct stacks, and call sites (`--max-stacks`).
+    pub stacks: u32,
+}
+
+/// Which processes the programs record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One process, told apart by a constant: the cheapest.
+    One(NonZeroU32),
+    /// The processes in the kernel's TRACED_PIDS set (several `--pid`s,
+    /// `--follow-forks`).
+    Set,
+    /// Every process (`--all`).
+    All,
+}
+
+/// What the programs are loaded with.
+pub struct LoadSettings {
+    pub capacity: Capacity,
+    pub mode: Mode,
+    pub delete_probed: bool,
+    /// The process tracepoints' record offsets, when tracefs has them.
+    pub fields: Option<ProcessFields>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot load the eBPF programs")]
+    Load(#[source] EbpfError),
+    #[error("cannot load eBPF program {name}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("the eBPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("cannot use eBPF map {name}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("cannot start the clock thread")]
+    Clock(#[source] std::io::Error),
+    #[error("cannot read eBPF map {name}")]
+    Read {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Loads the programs into the kernel: the loaded object, which holds the programs
+/// (for [`crate::attach`]), and its maps.
+pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> {
+    let target = match settings.mode {
+        Mode::One(pid) => pid.get(),
+        Mode::Set => 0,
+        Mode::All => ALL_PROCESSES,
+    };
+    let delete_probed = u32::from(settings.delete_probed);
+    let fields = settings.fields.unwrap_or(ProcessFields {
+        newtask_pid: 0,
+        newtask_flags: 0,
+        exit_group_dead: NO_FIELD,
+    });
+    let agent = std::process::id();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(global_names::TARGET_TGID, &target, true)
+        .override_global(global_names::AGENT_TGID, &agent, true)
+        .override_global(global_names::DELETE_PROBED, &delete_probed, true)
+        .override_global(global_names::NEWTASK_PID_OFFSET, &fields.newtask_pid, true)
+        .override_global(
+            global_names::NEWTASK_FLAGS_OFFSET,
+            &fields.newtask_flags,
+            true,
+        )
+        .override_global(
+            global_names::EXIT_GROUP_DEAD_OFFSET,
+            &fields.exit_group_dead,
+            true,
+        )
+        .map_max_entries(map_names::ALLOCS, settings.capacity.allocations)
+        .map_max_entries(map_names::STACKS, settings.capacity.stacks)
+        .map_max_entries(map_names::CALL_SLOTS, call_slots())
+        .load(OBJECT)
+        .map_err(KernelError::Load)?;
+    for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, FLOOR_ENTER, FLOOR_EXIT] {
+        let program: &mut UProbe = program(&mut ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| KernelError::Program { name, source })?;
+    }
+    for name in [PROCESS_FORK, PROCESS_EXEC, PROCESS_EXIT] {
+        let program: &mut TracePoint = program(&mut ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| KernelError::Program { name, source })?;
+    }
+    let maps = KernelMaps::take(&mut ebpf)?;
+    Ok((ebpf, maps))
+}
+
+/// Program `name` of `ebpf`, as the kind of program it is.
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::Missing(name))?
+        .try_into()
+        .map_err(|source| KernelError::Program { name, source })
+}
+
+/// Elements of the in-flight call array: one per possible thread id, within a bound.
+fn call_slots() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|max| max.trim().parse::<u32>().ok())
+        .map_or(MAX_CALL_SLOTS, |max| max.min(MAX_CALL_SLOTS))
+}

@@ -1,0 +1,217 @@
+//! The run: the targets found or started, the programs loaded and attached, then the
+//! [`event_loop`] until a signal or `--count` ends it, or the targets are gone. Every
+//! traced process gets a final report when it exits or the run ends. Processes come and
+//! go: children with `--follow-forks`, any process with `--all`, and a process that
+//! calls exec is resolved anew.
+
+mod event_loop;
+mod facts;
+mod fd;
+mod lifetime;
+mod registry;
+mod spawn;
+mod supervisor;
+
+use std::{ffi::OsString, num::NonZeroU32, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+
+use self::{
+    event_loop::{EventLoop, LoopSettings},
+    lifetime::Lifetime,
+    registry::Registry,
+    spawn::PausedChild,
+    supervisor::TracedChild,
+};
+use crate::{
+    attach::{self, Attacher, Image, Probed, Programs, Scope},
+    kernel::{self, Capacity, LoadSettings, Mode},
+    output::{Format, Output},
+    symbolize::SymbolizerHandle,
+};
+
+pub enum Target {
+    /// Running processes.
+    Pids(Vec<NonZeroU32>),
+    /// A command line: the program, then its arguments.
+    Command(Vec<OsString>),
+    /// Every process on the system; reports on the `top_processes` holding the most.
+    All { top_processes: usize },
+}
+
+pub struct Settings {
+    pub target: Target,
+    pub interval: Duration,
+    pub top: usize,
+    pub min_age: Option<Duration>,
+    pub count: Option<u64>,
+    pub format: Format,
+    pub output: Option<PathBuf>,
+    pub output_mode: u32,
+    pub capacity: Capacity,
+    pub verbose: bool,
+    /// Empty programs instead of the real ones: the benchmark's floor.
+    pub floor: bool,
+    /// Also probe the C allocation functions under this prefix.
+    pub symbol_prefix: Option<String>,
+    /// Also trace the processes the targets start.
+    pub follow_forks: bool,
+}
+
+pub fn run(settings: Settings) -> Result<()> {
+    attach::check_privileges()?;
+    // Before anything is attached, so a bad path costs nothing.
+    let output = Output::open(
+        settings.format,
+        settings.output.as_deref(),
+        settings.output_mode,
+    )?;
+    let prefix = settings.symbol_prefix.clone();
+    // A started command is planned at its exec, when its new image is there to read;
+    // running processes now, as the programs are loaded with what their plans say.
+    let (images, child): (Vec<Image>, Option<PausedChild>) = match &settings.target {
+        Target::Pids(pids) => (pids.iter().map(|&pid| Image::Running(pid)).collect(), None),
+        Target::Command(command) => {
+            let program = command.first().context("no command given")?;
+            let exe = spawn::resolve(program)?;
+            // Forks now, while this process is still single-threaded.
+            (Vec::new(), Some(spawn::spawn_paused(&exe, command)?))
+        }
+        // The C library every dynamically linked process maps: the agent's own.
+        Target::All { .. } => {
+            let own = NonZeroU32::new(std::process::id()).context("no pid of its own")?;
+            (vec![Image::Running(own)], None)
+        }
+    };
+    let plans = images
+        .iter()
+        .map(|&image| {
+            let probes = attach::plan(image, prefix.as_deref()).with_context(|| match image {
+                Image::Running(pid) | Image::Exec(pid) => format!("pid {pid}"),
+            })?;
+            Ok((image.pid(), probes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    attach::raise_memlock_limit();
+
+    let started = child.as_ref().map(|child| child.pid);
+    let pids: Vec<NonZeroU32> = match (&settings.target, started) {
+        (Target::All { .. }, _) => Vec::new(),
+        (_, Some(pid)) => vec![pid],
+        _ => plans.iter().map(|(pid, _)| *pid).collect(),
+    };
+    let mode = match (&settings.target, &pids[..]) {
+        (Target::All { .. }, _) => Mode::All,
+        (_, [pid]) if !settings.follow_forks => Mode::One(*pid),
+        _ => Mode::Set,
+    };
+    let system_wide = settings.follow_forks || mode == Mode::All;
+    // Without tracefs, exec and exits are still seen through pidfds, but a process that
+    // execs keeps its old probes only; following forks needs it.
+    let fields = match attach::process_fields() {
+        Ok(fields) => Some(fields),
+        Err(err) if settings.follow_forks => {
+            return Err(err).context("--follow-forks needs the process tracepoints");
+        }
+        Err(err) => {
+            eprintln!(
+                "leakbpf: warning: {:#}: a process that calls exec is not followed",
+                anyhow::Error::from(err)
+            );
+            None
+        }
+    };
+    // A started command's allocator is only known at its exec: assume the worst.
+    let delete_probed = child.is_some()
+        || plans
+            .iter()
+            .flat_map(|(_, probes)| probes)
+            .any(|p| p.probed == Probed::Delete);
+    let (ebpf, mut maps) = kernel::load(&LoadSettings {
+        capacity: settings.capacity,
+        mode,
+        delete_probed,
+        fields,
+    })?;
+    let mut attacher = Attacher::new(Programs::new(ebpf), prefix, settings.floor);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the agent's runtime")?;
+    // Taken before attaching, so an exit during the attach is seen.
+    let lifetime = match (&child, mode) {
+        // Seized before it runs, so its first exec, and even an exit in its first
+        // microseconds, is held.
+        (Some(child), _) => Lifetime::Child(
+            runtime
+                .block_on(async { TracedChild::seize(child.pid) })
+                .context("cannot supervise the command")?,
+        ),
+        (None, Mode::All) => runtime.block_on(async { Lifetime::watch(&[]) })?,
+        (None, _) => runtime.block_on(async { Lifetime::watch(&pids) })?,
+    };
+    if fields.is_some() {
+        attacher
+            .programs()
+            .attach_process_tracepoints(settings.follow_forks)?;
+    }
+    if mode == Mode::Set {
+        for pid in &pids {
+            maps.trace(pid.get())?;
+        }
+    }
+    for (pid, probes) in plans {
+        let scope = if system_wide {
+            Scope::System
+        } else {
+            Scope::Process(pid)
+        };
+        let attachment = match attacher.attach(&mut maps, probes, scope) {
+            Ok(attachment) => attachment,
+            Err(_) if !facts::is_alive(pid.get()) => {
+                bail!("pid {pid} exited while leakbpf was attaching to it")
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let whom = match mode {
+            Mode::All => "every process".to_owned(),
+            _ => format!("pid {pid}"),
+        };
+        eprintln!("{}", attachment.describe(&whom, settings.verbose));
+    }
+    let logger = settings
+        .verbose
+        .then(|| attacher.programs().logger())
+        .flatten();
+    if let Some(child) = child {
+        let pid = child.pid;
+        child
+            .release()
+            .with_context(|| format!("cannot start the command (pid {pid})"))?;
+    }
+    let event_loop = EventLoop {
+        settings: LoopSettings {
+            mode,
+            top_processes: match settings.target {
+                Target::All { top_processes } => Some(top_processes),
+                _ => None,
+            },
+            system_wide,
+            interval: settings.interval,
+            top: settings.top,
+            min_age: settings.min_age,
+            count: settings.count,
+            verbose: settings.verbose,
+        },
+        registry: Registry::new(&pids),
+        attacher,
+        maps,
+        output,
+        symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,
+        started,
+        starting: started,
+        first_image: started.is_some(),
+    };
+    // Every probe detaches when the loop, which owns the attacher, is dropped.
+    runtime.block_on(event_loop.run(lifetime, logger))
+}

@@ -26,6 +26,8 @@ pub mod output;
 mod session;
 pub mod snapshot;
 pub mod symbolize;
+#[cfg(test)]
+mod test_support;
 mod unwind;
 
 /// The event counters, defined by the stage that reads them, for those who build a

@@ -44,7 +44,12 @@ fn script(dir: &Path, name: &str, text: &str) -> String {
 
 /// The run's leaks are exact, and leakbpf attached to `object` on the way.
 fn assert_exact_with(run: &SpawnRun, object: &str) {
-    assert_allocator_run(run.final_report(), &run.truth, &FUNCTIONS, Traced::FromSpawn);
+    assert_allocator_run(
+        run.final_report(),
+        &run.truth,
+        &FUNCTIONS,
+        Traced::FromSpawn,
+    );
     assert!(
         run.finished
             .stderr
@@ -58,7 +63,10 @@ fn assert_exact_with(run: &SpawnRun, object: &str) {
 #[test]
 fn env_preloading_jemalloc_for_the_program_alone() {
     require_root();
-    assert!(Path::new(LIBJEMALLOC).is_file(), "cargo xtask setup installs libjemalloc2");
+    assert!(
+        Path::new(LIBJEMALLOC).is_file(),
+        "cargo xtask setup installs libjemalloc2"
+    );
     let preload = format!("LD_PRELOAD={LIBJEMALLOC}");
     let run = trace_spawn(LEAKBPF, "env", &[&preload, LEAKER], &ARGS);
     assert_exact_with(&run, "libjemalloc.so.2");

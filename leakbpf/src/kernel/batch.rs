@@ -98,6 +98,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::test_support;
 
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -110,7 +111,7 @@ mod tests {
     }
 
     /// A kernel hash map of u64 → u64 holding `key → key * 3` for every key below
-    /// `entries`; needs root, like every test that touches eBPF.
+    /// `entries`; needs root, like every test that touches eBPF (checked by the tests).
     fn hash_map(entries: u64) -> OwnedFd {
         let mut attr = [0u64; 8];
         // map_type, key_size | value_size, max_entries
@@ -138,6 +139,9 @@ mod tests {
 
     #[test]
     fn reads_every_entry_once_across_chunks() {
+        if !test_support::root("batch::reads_every_entry_once_across_chunks") {
+            return;
+        }
         let map = hash_map(10_000);
         for chunk in [1, 7, 4096, 100_000] {
             let mut seen = BTreeMap::new();
@@ -152,6 +156,9 @@ mod tests {
 
     #[test]
     fn a_single_entry_is_read_once() {
+        if !test_support::root("batch::a_single_entry_is_read_once") {
+            return;
+        }
         let map = hash_map(1);
         let mut count = 0;
         for_each::<u64, u64>(map.as_fd(), 16, |_, _| count += 1).unwrap();

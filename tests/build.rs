@@ -5,7 +5,14 @@
 use std::{env, path::PathBuf, process::Command};
 
 /// The programs the Makefile builds.
-const TARGETS: [&str; 5] = ["chat_server", "leaker", "threads", "early", "rust_leaker"];
+const TARGETS: [&str; 6] = [
+    "chat_server",
+    "leaker",
+    "threads",
+    "early",
+    "rust_leaker",
+    "patterns",
+];
 /// Process trees and new images: forks (a grandchild, an exec among them), an exec into
 /// the same program or into its static build, gigabytes leaked for `--all`.
 const LIFE_TARGETS: [&str; 4] = ["forker", "exec_target", "exec_target_static", "big_leaker"];

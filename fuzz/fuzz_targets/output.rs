@@ -9,7 +9,7 @@ use std::sync::Arc;
 use leakbpf::{
     Counters,
     output::table,
-    snapshot::{Callsite, ProcessFacts, Snapshot, Totals},
+    snapshot::{Callsite, Pattern, ProcessFacts, Snapshot, Totals, Trend, Verdict},
     symbolize::Frame,
 };
 use libfuzzer_sys::fuzz_target;
@@ -34,12 +34,16 @@ fn report(function: &str, module: &str, file: &str) -> Snapshot {
         is_final: true,
         interval_s: 1.0,
         process: ProcessFacts::default(),
+        memory: None,
         totals: Totals {
             outstanding_bytes: 72,
             outstanding_allocations: 1,
             callsites: 1,
+            leak_callsites: 1,
+            suspect_callsites: 0,
         },
         counters: Counters::default(),
+        suppressed: Vec::new(),
         callsites: vec![Callsite {
             rank: 1,
             stack_id: 1,
@@ -49,6 +53,16 @@ fn report(function: &str, module: &str, file: &str) -> Snapshot {
             oldest_age_s: Default::default(),
             growth_bytes: 72,
             growth_allocations: 1,
+            trend: Trend {
+                bytes_per_s: 72.0,
+                allocations_per_s: 1.0,
+                fit: 1.0,
+                samples: 4,
+                pattern: Pattern::SteadyGrowth,
+                old_allocations: 1,
+                old_after_s: 3.0,
+                verdict: Verdict::Leak,
+            },
             frames: Arc::from([frame(Some(file)), frame(None)]),
         }],
     }

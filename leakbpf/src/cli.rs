@@ -15,11 +15,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    analyze::{Sort, Suppressions, diff},
     kernel::Capacity,
-    output::{Format, Output},
-    session::{self, Settings, Target},
-    snapshot,
+    output::{self, Format, Output},
+    session::{self, Settings, Target, Verdicts},
+    snapshot::{self, Snapshot},
 };
+
+/// The exit status when a leak check fails (`--fail-on-leak`, `--fail-on-outstanding`):
+/// apart from 1, an error.
+pub const LEAK_FOUND: u8 = 3;
 
 /// `--top-processes` unless given.
 const DEFAULT_TOP_PROCESSES: usize = 5;
@@ -59,6 +64,20 @@ pub struct Cli {
 pub enum Command {
     /// Renders a saved run (the JSON lines of `--format json`) again, as a table or JSON.
     Report(ReportArgs),
+    /// Compares two saved runs: call sites new, gone, grown or shrunk, matched by their
+    /// functions (never by address).
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The run before (e.g. the buggy build).
+    pub before: PathBuf,
+    /// The run after (e.g. the fixed build).
+    pub after: PathBuf,
+    /// How the diff is written: a table, or one JSON object.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +121,23 @@ pub struct TraceArgs {
     /// Time between reports, e.g. 5s, 500ms, 1m; a bare number is seconds (5).
     #[arg(short, long, value_parser = positive_duration, conflicts_with = "interval_seconds")]
     pub interval: Option<Duration>,
-    /// Call sites per report, largest outstanding bytes first.
+    /// Call sites per report.
     #[arg(long, default_value = "10")]
     pub top: NonZeroUsize,
+    /// Which call sites come first: most outstanding bytes, fastest growing, oldest block.
+    #[arg(long, value_enum, default_value_t = Sort::Bytes)]
+    pub sort: Sort,
+    /// Exit with status 3 if a call site's verdict is leak at the end of the run.
+    #[arg(long)]
+    pub fail_on_leak: bool,
+    /// Exit with status 3 if more than BYTES are outstanding at the end (at the started
+    /// command's exit: LeakSanitizer's view, without a rebuild).
+    #[arg(long, value_name = "BYTES")]
+    pub fail_on_outstanding: Option<u64>,
+    /// Known leaks, in LeakSanitizer's format (`leak:PATTERN` lines): left out of reports
+    /// and checks, and listed as suppressed.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Option<PathBuf>,
     /// Count only allocations at least this old, e.g. 30s; a bare number is seconds.
     #[arg(long, value_parser = duration)]
     pub min_age: Option<Duration>,
@@ -173,7 +206,16 @@ fn octal_mode(text: &str) -> Result<u32, String> {
 }
 
 impl TraceArgs {
-    fn settings(self) -> Settings {
+    fn settings(self) -> Result<Settings> {
+        let suppressions = match &self.suppressions {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read suppressions {}", path.display()))?;
+                Suppressions::parse(&text)
+                    .with_context(|| format!("bad suppressions in {}", path.display()))?
+            }
+            None => Suppressions::default(),
+        };
         let target = if self.all {
             Target::All {
                 top_processes: self
@@ -185,7 +227,7 @@ impl TraceArgs {
         } else {
             Target::Pids(self.pid)
         };
-        Settings {
+        Ok(Settings {
             target,
             interval: self
                 .interval
@@ -205,7 +247,38 @@ impl TraceArgs {
             floor: self.floor,
             symbol_prefix: self.symbol_prefix,
             follow_forks: self.follow_forks,
+            sort: self.sort,
+            suppressions,
+        })
+    }
+}
+
+/// `--fail-on-leak` and `--fail-on-outstanding`.
+struct LeakCheck {
+    fail_on_leak: bool,
+    fail_on_outstanding: Option<u64>,
+}
+
+impl LeakCheck {
+    /// The check's failure, if the final reports fail it.
+    fn failure(&self, verdicts: &Verdicts) -> Option<String> {
+        if self.fail_on_leak && !verdicts.leaks.is_empty() {
+            let sites: Vec<String> = verdicts
+                .leaks
+                .iter()
+                .map(|(pid, sites)| format!("{sites} in pid {pid}"))
+                .collect();
+            return Some(format!("leaking call sites: {}", sites.join(", ")));
         }
+        let limit = self.fail_on_outstanding?;
+        let over: Vec<String> = verdicts
+            .outstanding
+            .iter()
+            .filter(|(_, bytes)| *bytes > limit)
+            .map(|(pid, bytes)| format!("{bytes} B in pid {pid}"))
+            .collect();
+        (!over.is_empty())
+            .then(|| format!("outstanding at the end over {limit} B: {}", over.join(", ")))
     }
 }
 
@@ -219,11 +292,16 @@ pub fn main() -> ExitCode {
     };
     env_logger::Builder::new().filter_level(level).init();
     let result = match cli.subcommand {
-        Some(Command::Report(args)) => report(&args),
-        None => session::run(cli.trace.settings()),
+        Some(Command::Report(args)) => report(&args).map(|()| None),
+        Some(Command::Diff(args)) => diff(&args).map(|()| None),
+        None => trace(cli.trace),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(failure)) => {
+            eprintln!("leakbpf: leak check failed: {failure}");
+            ExitCode::from(LEAK_FOUND)
+        }
         Err(err) => {
             let message = format!("{err:#}").replace('\n', " ");
             eprintln!("leakbpf: error: {message}");
@@ -232,16 +310,54 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A traced run; returns the leak check's failure, if any.
+fn trace(args: TraceArgs) -> Result<Option<String>> {
+    let check = LeakCheck {
+        fail_on_leak: args.fail_on_leak,
+        fail_on_outstanding: args.fail_on_outstanding,
+    };
+    let verdicts = session::run(args.settings()?)?;
+    Ok(check.failure(&verdicts))
+}
+
+/// A saved run's reports; `-` is standard input.
+fn read_saved(path: &PathBuf) -> Result<Vec<Snapshot>> {
+    let what = path.display();
+    if path.as_os_str() == "-" {
+        snapshot::read_run(io::stdin().lock())
+    } else {
+        let file = File::open(path).with_context(|| format!("cannot open {what}"))?;
+        snapshot::read_run(BufReader::new(file))
+    }
+    .with_context(|| format!("cannot read {what}"))
+}
+
+/// `leakbpf diff`: the last final report of each run compared.
+fn diff(args: &DiffArgs) -> Result<()> {
+    let last_final = |path: &PathBuf| -> Result<Snapshot> {
+        let mut snapshots = read_saved(path)?;
+        let index = snapshots
+            .iter()
+            .rposition(|s| s.is_final)
+            .unwrap_or(snapshots.len() - 1);
+        Ok(snapshots.swap_remove(index))
+    };
+    let diff = diff::diff(&last_final(&args.before)?, &last_final(&args.after)?);
+    let text = match args.format {
+        Format::Table => output::diff_table(&diff),
+        Format::Json => {
+            let mut line = serde_json::to_string(&diff).context("cannot write the diff")?;
+            line.push('\n');
+            line
+        }
+    };
+    io::Write::write_all(&mut io::stdout().lock(), text.as_bytes()).context("cannot write the diff")
+}
+
 /// `leakbpf report`: a saved run rendered again.
 fn report(args: &ReportArgs) -> Result<()> {
     let what = args.file.display();
-    let snapshots = if args.file.as_os_str() == "-" {
-        snapshot::read_run(io::stdin().lock())
-    } else {
-        let file = File::open(&args.file).with_context(|| format!("cannot open {what}"))?;
-        snapshot::read_run(BufReader::new(file))
-    }
-    .with_context(|| format!("cannot read {what}"))?;
+    let snapshots = read_saved(&args.file)?;
     let mut output = Output::open(args.format, None, 0)?;
     let mut written = 0;
     for snapshot in snapshots
@@ -265,7 +381,7 @@ mod tests {
     #[test]
     fn parses_pid_mode_with_defaults() {
         let cli = Cli::try_parse_from(["leakbpf", "--pid", "42"]).unwrap();
-        let settings = cli.trace.settings();
+        let settings = cli.trace.settings().unwrap();
         assert!(
             matches!(&settings.target, Target::Pids(pids) if pids[..] == [NonZeroU32::new(42).unwrap()])
         );
@@ -281,7 +397,7 @@ mod tests {
             "leakbpf", "-i", "250ms", "--format", "json", "--", "ls", "-l",
         ])
         .unwrap();
-        let settings = cli.trace.settings();
+        let settings = cli.trace.settings().unwrap();
         assert_eq!(settings.interval, Duration::from_millis(250));
         match settings.target {
             Target::Command(command) => assert_eq!(command, ["ls", "-l"]),
@@ -292,7 +408,7 @@ mod tests {
     #[test]
     fn takes_several_pids() {
         let cli = Cli::try_parse_from(["leakbpf", "-p", "1,2", "--pid", "3"]).unwrap();
-        match cli.trace.settings().target {
+        match cli.trace.settings().unwrap().target {
             Target::Pids(pids) => {
                 assert_eq!(pids.iter().map(|p| p.get()).collect::<Vec<_>>(), [1, 2, 3])
             }
@@ -304,27 +420,27 @@ mod tests {
     fn takes_all_processes_and_following_forks() {
         let cli = Cli::try_parse_from(["leakbpf", "--all", "--top-processes", "3"]).unwrap();
         assert!(matches!(
-            cli.trace.settings().target,
+            cli.trace.settings().unwrap().target,
             Target::All { top_processes: 3 }
         ));
         let cli = Cli::try_parse_from(["leakbpf", "--follow-forks", "--", "make"]).unwrap();
-        assert!(cli.trace.settings().follow_forks);
+        assert!(cli.trace.settings().unwrap().follow_forks);
     }
 
     #[test]
     fn takes_bcc_s_interval_and_count_and_bare_seconds() {
         let cli = Cli::try_parse_from(["leakbpf", "-p", "1234", "5", "3"]).unwrap();
-        let settings = cli.trace.settings();
+        let settings = cli.trace.settings().unwrap();
         assert_eq!(settings.interval, Duration::from_secs(5));
         assert_eq!(settings.count, Some(3));
         let cli =
             Cli::try_parse_from(["leakbpf", "-p", "1", "--interval", "1", "--min-age", "0.5"])
                 .unwrap();
-        let settings = cli.trace.settings();
+        let settings = cli.trace.settings().unwrap();
         assert_eq!(settings.interval, Duration::from_secs(1));
         assert_eq!(settings.min_age, Some(Duration::from_millis(500)));
         let cli = Cli::try_parse_from(["leakbpf", "-p", "1", "2"]).unwrap();
-        let settings = cli.trace.settings();
+        let settings = cli.trace.settings().unwrap();
         assert_eq!(settings.interval, Duration::from_secs(2));
         assert_eq!(settings.count, None);
     }
@@ -338,8 +454,33 @@ mod tests {
                 assert_eq!(args.file, PathBuf::from("run.ndjson"));
                 assert_eq!(args.format, Format::Json);
             }
-            None => panic!("expected the report subcommand"),
+            _ => panic!("expected the report subcommand"),
         }
+        let cli = Cli::try_parse_from(["leakbpf", "diff", "a.ndjson", "b.ndjson"]).unwrap();
+        assert!(matches!(cli.subcommand, Some(Command::Diff(_))));
+    }
+
+    #[test]
+    fn checks_fail_on_leaks_and_on_what_is_left() {
+        let verdicts = Verdicts {
+            leaks: vec![(7, 2)],
+            outstanding: vec![(7, 4096)],
+        };
+        let check = |fail_on_leak, fail_on_outstanding| {
+            LeakCheck {
+                fail_on_leak,
+                fail_on_outstanding,
+            }
+            .failure(&verdicts)
+        };
+        assert_eq!(check(false, None), None);
+        assert_eq!(check(true, None).unwrap(), "leaking call sites: 2 in pid 7");
+        assert_eq!(check(false, Some(4096)), None);
+        assert!(
+            check(false, Some(4095))
+                .unwrap()
+                .contains("4096 B in pid 7")
+        );
     }
 
     #[test]

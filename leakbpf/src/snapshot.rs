@@ -27,8 +27,11 @@ pub struct Snapshot {
     pub is_final: bool,
     pub interval_s: f64,
     pub process: ProcessFacts,
+    /// Null when the process could not be read (gone).
+    pub memory: Option<Memory>,
     pub totals: Totals,
     pub counters: Counters,
+    pub suppressed: Vec<Suppressed>,
     pub callsites: Vec<Callsite>,
 }
 
@@ -41,12 +44,16 @@ pub struct ProcessFacts {
     pub executable: Option<String>,
 }
 
-/// Over every call site of the process, not only those shown.
+/// Over every call site of the process that no suppression took out, not only those
+/// shown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
     pub callsites: u64,
+    /// Call sites whose verdict is leak, and suspect.
+    pub leak_callsites: u64,
+    pub suspect_callsites: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,8 +69,82 @@ pub struct Callsite {
     /// Change since the previous report (all of it for the first).
     pub growth_bytes: i64,
     pub growth_allocations: i64,
+    pub trend: Trend,
     /// Innermost first: `frames[0]` is the function that called the allocator.
     pub frames: Arc<[Frame]>,
+}
+
+/// The shape of a call site's outstanding bytes over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    /// Grows at a steady rate.
+    SteadyGrowth,
+    /// Grows in steps, flat in between.
+    SteppedGrowth,
+    /// Grew, then holds (a cache or pool that filled up).
+    GrowsThenHolds,
+    /// Falls.
+    Shrinking,
+    /// Every block is young: allocated and freed between reports.
+    Transient,
+    /// Neither grows nor falls.
+    Stable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Grows steadily or in steps with blocks that stay and age.
+    Leak,
+    /// Grows, but not yet with the evidence of a leak (too few reports, an irregular
+    /// growth, young blocks).
+    Suspect,
+    NoLeak,
+}
+
+/// What the history of a site says, as the reports carry it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trend {
+    /// Growth rate of the outstanding bytes, least squares over the samples.
+    pub bytes_per_s: f64,
+    pub allocations_per_s: f64,
+    /// R² of the bytes fit: 1 is a straight line.
+    pub fit: f64,
+    /// Reports the trend is fitted over.
+    pub samples: usize,
+    pub pattern: Pattern,
+    /// Outstanding blocks older than `old_after_s`.
+    pub old_allocations: u64,
+    pub old_after_s: f64,
+    pub verdict: Verdict,
+}
+
+/// What the process's memory says next to its heap.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Resident set size (`VmRSS`), and its anonymous part (`RssAnon`).
+    pub rss_bytes: u64,
+    pub anon_rss_bytes: u64,
+    /// Growth rates over the run (least squares), of the RSS and of the outstanding
+    /// bytes leakbpf tracks.
+    pub rss_bytes_per_s: f64,
+    pub heap_bytes_per_s: f64,
+    /// Outstanding bytes over RSS.
+    pub heap_share: f64,
+    /// RSS grows and the tracked heap does not explain it: the memory is elsewhere
+    /// (mmap outside malloc, fragmentation, an allocator leakbpf does not see).
+    pub growth_elsewhere: bool,
+}
+
+/// Call sites a suppression (`--suppressions`) took out of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppressed {
+    /// The `leak:` pattern, as written.
+    pub pattern: String,
+    pub callsites: u64,
+    pub bytes: u64,
+    pub allocations: u64,
 }
 
 /// `0x`-prefixed hexadecimal, as addresses and ids are written.
@@ -184,12 +265,23 @@ pub(crate) fn example() -> Snapshot {
             command: Some("chat_server".into()),
             executable: Some("/srv/chat_server".into()),
         },
+        memory: Some(Memory {
+            rss_bytes: 8 << 20,
+            anon_rss_bytes: 2 << 20,
+            rss_bytes_per_s: 0.0,
+            heap_bytes_per_s: 36.8,
+            heap_share: 368.0 / f64::from(8 << 20),
+            growth_elsewhere: false,
+        }),
         totals: Totals {
             outstanding_bytes: 368,
             outstanding_allocations: 2,
             callsites: 1,
+            leak_callsites: 1,
+            suspect_callsites: 0,
         },
         counters: Counters::default(),
+        suppressed: Vec::new(),
         callsites: vec![Callsite {
             rank: 1,
             stack_id: 0x5bd1,
@@ -199,6 +291,16 @@ pub(crate) fn example() -> Snapshot {
             oldest_age_s: 1.5,
             growth_bytes: 184,
             growth_allocations: 1,
+            trend: Trend {
+                bytes_per_s: 36.8,
+                allocations_per_s: 0.2,
+                fit: 0.99,
+                samples: 6,
+                pattern: Pattern::SteadyGrowth,
+                old_allocations: 2,
+                old_after_s: 15.0,
+                verdict: Verdict::Leak,
+            },
             frames: Arc::from([Frame {
                 address: 0x55d0_c0de_1b2f,
                 function: Some("EventManager::subscribe".into()),

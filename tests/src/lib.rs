@@ -35,6 +35,9 @@ pub const CHAT_SERVER: &str = env!("LEAKBPF_TARGET_CHAT_SERVER");
 pub const LEAKER: &str = env!("LEAKBPF_TARGET_LEAKER");
 pub const THREADS: &str = env!("LEAKBPF_TARGET_THREADS");
 pub const EARLY: &str = env!("LEAKBPF_TARGET_EARLY");
+/// A steady leak, a stepped one, a cache and a churn at once; or RSS grown through mmap
+/// (tests/targets/patterns.c).
+pub const PATTERNS: &str = env!("LEAKBPF_TARGET_PATTERNS");
 /// src/bin/rust_leaker.rs, built with frame pointers.
 pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
 /// A process tree: children, a grandchild and an exec'd child that each leak their own

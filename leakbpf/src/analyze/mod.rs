@@ -1,18 +1,26 @@
-//! From the call sites drained from the kernel to what a report shows: ranked by
-//! outstanding bytes, the top ones with their growth since the previous report.
+//! From the call sites drained from the kernel to what a report shows: each site's
+//! history and its trend (rate, pattern, verdict), ranked, the top ones with their growth
+//! since the previous report; the process's memory next to its heap; suppressions; and
+//! the diff of two saved runs.
 
+pub mod diff;
 mod history;
+mod suppressions;
+mod trend;
 
-pub use history::{History, Moment};
+pub use self::{
+    history::{History, Moment, OLD_AFTER_INTERVALS},
+    suppressions::Suppressions,
+};
 
-use crate::kernel::SiteState;
-
-/// Orders call sites as reports show them: most outstanding bytes first.
-pub fn rank(sites: &mut [SiteState]) {
-    sites.sort_unstable_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(b.allocations.cmp(&a.allocations))
-            .then(a.stack_id.cmp(&b.stack_id))
-    });
+/// How reports order their call sites (`--sort`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sort {
+    /// Most outstanding bytes first.
+    #[default]
+    Bytes,
+    /// Fastest growing first (bytes per second over the run).
+    Growth,
+    /// Oldest outstanding block first.
+    Age,
 }

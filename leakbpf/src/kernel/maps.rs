@@ -38,6 +38,17 @@ pub struct SiteState {
     pub allocations: u64,
     /// CLOCK_BOOTTIME of its oldest outstanding allocation.
     pub oldest_ns: u64,
+    /// Its allocations made before the scan's `old_before_ns`.
+    pub old_allocations: u64,
+}
+
+/// Which allocations a scan counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scan {
+    /// Only those made before this CLOCK_BOOTTIME (`--min-age`).
+    pub allocated_before_ns: Option<u64>,
+    /// Those made before this count as old.
+    pub old_before_ns: u64,
 }
 
 pub struct KernelMaps {
@@ -183,17 +194,17 @@ impl KernelMaps {
     }
 
     /// The call sites with outstanding allocations, per process, from one scan of the
-    /// allocations; with `allocated_before_ns` (`--min-age`), only those made before it.
-    pub fn sites(
-        &self,
-        allocated_before_ns: Option<u64>,
-    ) -> Result<StdHashMap<u32, Vec<SiteState>>, KernelError> {
+    /// allocations.
+    pub fn sites(&self, scan: Scan) -> Result<StdHashMap<u32, Vec<SiteState>>, KernelError> {
         let mut sites: StdHashMap<(u32, u64), SiteState> = StdHashMap::new();
-        let scan = batch::for_each::<AllocKey, AllocInfo>(
+        let scanned = batch::for_each::<AllocKey, AllocInfo>(
             self.allocs_fd(),
             ALLOCS_PER_READ,
             |key, info| {
-                if allocated_before_ns.is_some_and(|cutoff| info.timestamp_ns > cutoff) {
+                if scan
+                    .allocated_before_ns
+                    .is_some_and(|cutoff| info.timestamp_ns > cutoff)
+                {
                     return;
                 }
                 let site = sites.entry((key.tgid, info.stack_id)).or_insert(SiteState {
@@ -201,13 +212,15 @@ impl KernelMaps {
                     bytes: 0,
                     allocations: 0,
                     oldest_ns: info.timestamp_ns,
+                    old_allocations: 0,
                 });
                 site.bytes += info.size;
                 site.allocations += 1;
                 site.oldest_ns = site.oldest_ns.min(info.timestamp_ns);
+                site.old_allocations += u64::from(info.timestamp_ns < scan.old_before_ns);
             },
         );
-        scan.map_err(|source| KernelError::Read {
+        scanned.map_err(|source| KernelError::Read {
             name: map_names::ALLOCS,
             source,
         })?;

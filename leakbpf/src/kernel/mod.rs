@@ -17,7 +17,7 @@ use leakbpf_common::{ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, global_names, map_
 
 pub use self::{
     clock::boot_time_ns,
-    maps::{Counters, Forget, KernelMaps, SiteState},
+    maps::{Counters, Forget, KernelMaps, Scan, SiteState},
 };
 use crate::attach::ProcessFields;
 

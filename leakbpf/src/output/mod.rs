@@ -1,6 +1,7 @@
 //! Writes snapshots in the format asked for: each format is one [`Render`], fed
 //! [`Snapshot`]s, writing to the run's sink (standard output or `--output`).
 
+mod diff;
 mod json;
 mod table;
 
@@ -12,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use self::table::table;
+pub use self::{diff::diff_table, table::table};
 use crate::snapshot::Snapshot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

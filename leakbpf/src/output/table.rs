@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{ProcessSummary, Render};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Pattern, Snapshot, Verdict};
 
 /// Frames shown per call site; JSON carries them all.
 const TABLE_FRAMES: usize = 12;
@@ -56,7 +56,7 @@ impl Render for Table {
 
 /// `text` safe for a terminal: a name from the target may hold control characters
 /// (escape sequences), which are shown escaped instead of sent.
-fn printable(text: &str) -> Cow<'_, str> {
+pub(super) fn printable(text: &str) -> Cow<'_, str> {
     if text.chars().any(char::is_control) {
         Cow::Owned(text.escape_debug().to_string())
     } else {
@@ -68,9 +68,15 @@ fn printable(text: &str) -> Cow<'_, str> {
 pub fn table(report: &Snapshot) -> String {
     let mut out = String::new();
     let c = &report.counters;
+    let command = report
+        .process
+        .command
+        .as_deref()
+        .map(|command| format!(" ({})", printable(command)))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "leakbpf report #{}{} pid {} at {}: {} B outstanding in {} allocations at {} call sites",
+        "leakbpf report #{}{} pid {}{command} at {}: {} B outstanding in {} allocations at {} call sites",
         report.report,
         if report.is_final { " (final)" } else { "" },
         report.pid,
@@ -100,22 +106,79 @@ pub fn table(report: &Snapshot) -> String {
             let _ = writeln!(out, "  WARNING: {count} {what} (raise {flag})");
         }
     }
+    if let Some(memory) = &report.memory {
+        let _ = writeln!(
+            out,
+            "  memory: RSS {} (anonymous {}), {}/s; the tracked heap is {:.0}% of it, {}/s",
+            mib(memory.rss_bytes as f64),
+            mib(memory.anon_rss_bytes as f64),
+            signed_mib(memory.rss_bytes_per_s),
+            memory.heap_share * 100.0,
+            signed_mib(memory.heap_bytes_per_s),
+        );
+        if memory.growth_elsewhere {
+            let _ = writeln!(
+                out,
+                "  WARNING: RSS grows and the tracked heap does not explain it: the memory is \
+                 elsewhere (mmap outside malloc, fragmentation, or an allocator leakbpf does not see)"
+            );
+        }
+    }
+    for suppressed in &report.suppressed {
+        let _ = writeln!(
+            out,
+            "  suppressed by leak:{}: {} B in {} allocations at {} call sites",
+            printable(&suppressed.pattern),
+            suppressed.bytes,
+            suppressed.allocations,
+            suppressed.callsites
+        );
+    }
+    let totals = &report.totals;
+    if totals.leak_callsites + totals.suspect_callsites > 0 {
+        let _ = writeln!(
+            out,
+            "  verdicts: {} call sites leak, {} suspect",
+            totals.leak_callsites, totals.suspect_callsites
+        );
+    }
     if report.callsites.is_empty() {
         let _ = writeln!(out, "  no outstanding allocations");
     } else {
         let _ = writeln!(
             out,
-            "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>15}",
-            "RANK", "BYTES", "ALLOCS", "AVG SIZE", "OLDEST", "GROWTH"
+            "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>15}  {:>13}  VERDICT",
+            "RANK", "BYTES", "ALLOCS", "AVG SIZE", "OLDEST", "GROWTH", "RATE B/S"
         );
     }
     for site in &report.callsites {
         let oldest = format!("{:.1}s", site.oldest_age_s);
+        let trend = &site.trend;
         let _ = writeln!(
             out,
-            "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>+15}",
-            site.rank, site.bytes, site.allocations, site.average_size, oldest, site.growth_bytes
+            "  {:>4}  {:>14}  {:>10}  {:>10}  {:>9}  {:>+15}  {:>+13.0}  {}",
+            site.rank,
+            site.bytes,
+            site.allocations,
+            site.average_size,
+            oldest,
+            site.growth_bytes,
+            trend.bytes_per_s,
+            verdict(trend.verdict)
         );
+        if trend.verdict != Verdict::NoLeak {
+            let old_share = trend.old_allocations as f64 / site.allocations.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "          {}: {}, fit {:.2} over {} reports; {:.0}% of its blocks older than {:.0}s",
+                verdict(trend.verdict),
+                pattern(trend.pattern),
+                trend.fit,
+                trend.samples,
+                old_share * 100.0,
+                trend.old_after_s
+            );
+        }
         if site.frames.is_empty() {
             let _ = writeln!(
                 out,
@@ -147,9 +210,57 @@ pub fn table(report: &Snapshot) -> String {
     out
 }
 
+fn verdict(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Leak => "LEAK",
+        Verdict::Suspect => "suspect",
+        Verdict::NoLeak => "-",
+    }
+}
+
+fn pattern(pattern: Pattern) -> &'static str {
+    match pattern {
+        Pattern::SteadyGrowth => "steady growth",
+        Pattern::SteppedGrowth => "stepped growth",
+        Pattern::GrowsThenHolds => "grew, then holds",
+        Pattern::Shrinking => "shrinking",
+        Pattern::Transient => "transient",
+        Pattern::Stable => "stable",
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / f64::from(1 << 20))
+}
+
+fn signed_mib(bytes: f64) -> String {
+    format!("{:+.2} MiB", bytes / f64::from(1 << 20))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shows_verdicts_with_their_evidence_and_the_memory() {
+        let text = table(&crate::snapshot::example());
+        assert!(text.contains("pid 42 (chat_server)"), "{text}");
+        assert!(text.contains("LEAK"), "{text}");
+        assert!(
+            text.contains(
+                "steady growth, fit 0.99 over 6 reports; 100% of its blocks older than 15s"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("memory: RSS 8.0 MiB (anonymous 2.0 MiB)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("verdicts: 1 call sites leak, 0 suspect"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn control_characters_from_the_target_are_escaped() {

@@ -24,10 +24,11 @@ use super::{
     registry::Registry,
 };
 use crate::{
-    analyze::{self, Moment},
+    analyze::{Moment, OLD_AFTER_INTERVALS, Sort, Suppressions},
     attach::{Attacher, Image, ImageError, Scope},
-    kernel::{self, KernelMaps, Mode, SiteState},
+    kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
+    snapshot::Snapshot,
     symbolize::{StackRequest, SymbolizerHandle},
 };
 
@@ -48,6 +49,28 @@ pub struct LoopSettings {
     pub min_age: Option<Duration>,
     pub count: Option<u64>,
     pub verbose: bool,
+    pub sort: Sort,
+    pub suppressions: Suppressions,
+}
+
+/// What the final reports said, for the exit status of a CI gate.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    /// Per process, the call sites whose verdict was leak at its final report.
+    pub leaks: Vec<(u32, u64)>,
+    /// Per process, the bytes outstanding at its final report (suppressed ones aside).
+    pub outstanding: Vec<(u32, u64)>,
+}
+
+impl Verdicts {
+    fn record(&mut self, snapshot: &Snapshot) {
+        if snapshot.totals.leak_callsites > 0 {
+            self.leaks
+                .push((snapshot.pid, snapshot.totals.leak_callsites));
+        }
+        self.outstanding
+            .push((snapshot.pid, snapshot.totals.outstanding_bytes));
+    }
 }
 
 pub struct EventLoop {
@@ -64,10 +87,12 @@ pub struct EventLoop {
     pub starting: Option<NonZeroU32>,
     /// Until the started command's first image is attached: it must be traceable.
     pub first_image: bool,
+    pub verdicts: Verdicts,
 }
 
 impl EventLoop {
-    pub async fn run(mut self, mut lifetime: Lifetime, logger: Option<Logger>) -> Result<()> {
+    /// Runs until the end; returns what the final reports said.
+    pub async fn run(mut self, mut lifetime: Lifetime, logger: Option<Logger>) -> Result<Verdicts> {
         let interval = self.settings.interval;
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -139,7 +164,8 @@ impl EventLoop {
         if let Some(ring) = events.as_mut() {
             self.handle_events(ring.get_mut()).await?;
         }
-        self.report_interval(true).await
+        self.report_interval(true).await?;
+        Ok(self.verdicts)
     }
 
     /// Where the probes for process `pid` fire.
@@ -345,10 +371,13 @@ impl EventLoop {
         if !stale.is_empty() {
             self.maps.forget(&stale)?;
         }
-        let cutoff = self.settings.min_age.map(|age| {
-            kernel::boot_time_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
-        });
-        Ok(self.maps.sites(cutoff)?)
+        let now = kernel::boot_time_ns();
+        let before =
+            |age: Duration| now.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+        Ok(self.maps.sites(Scan {
+            allocated_before_ns: self.settings.min_age.map(before),
+            old_before_ns: before(self.settings.interval * OLD_AFTER_INTERVALS),
+        })?)
     }
 
     /// A report on every traced process; with `--all`, on the processes holding the
@@ -388,14 +417,27 @@ impl EventLoop {
     async fn report(
         &mut self,
         pid: NonZeroU32,
-        mut sites: Vec<SiteState>,
+        sites: Vec<SiteState>,
         is_final: bool,
     ) -> Result<()> {
         self.registry.add(pid, None);
-        analyze::rank(&mut sites);
-        let top = self.settings.top;
-        self.symbolize(pid, sites.iter().take(top).map(|s| s.stack_id).collect())
-            .await?;
+        let now_ns = kernel::boot_time_ns();
+        let (interval, top, sort) = (
+            self.settings.interval,
+            self.settings.top,
+            self.settings.sort,
+        );
+        let Some(process) = self.registry.get_mut(pid) else {
+            return Ok(());
+        };
+        let ranked = process.history.observe(sites, now_ns, interval, sort);
+        // Suppressions match any site's frames; without them only those shown are named.
+        let named = if self.settings.suppressions.is_empty() {
+            ranked.top_ids(top)
+        } else {
+            ranked.ids()
+        };
+        self.symbolize(pid, named).await?;
         let counters = self
             .maps
             .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;
@@ -407,19 +449,26 @@ impl EventLoop {
             pid: pid.get(),
             number: process.reports,
             is_final,
-            interval: self.settings.interval,
+            interval,
             timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            now_ns: kernel::boot_time_ns(),
+            now_ns,
             counters,
             process: process.facts.clone(),
+            rss: facts::rss(pid.get()),
         };
         let frames = &process.frames;
-        let snapshot = process.history.build(moment, sites, top, |id| {
-            frames
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(Vec::new()))
-        });
+        let snapshot =
+            process
+                .history
+                .snapshot(moment, ranked, top, &self.settings.suppressions, |id| {
+                    frames
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from(Vec::new()))
+                });
+        if is_final {
+            self.verdicts.record(&snapshot);
+        }
         self.output.write(&snapshot)?;
         Ok(())
     }

@@ -26,6 +26,12 @@ pub fn facts(pid: u32) -> ProcessFacts {
     }
 }
 
+/// Its resident set size and the anonymous part of it (`VmRSS`, `RssAnon`), in bytes.
+pub fn rss(pid: u32) -> Option<(u64, u64)> {
+    let status = Process::new(pid as i32).ok()?.status().ok()?;
+    Some((status.vmrss? * 1024, status.rssanon? * 1024))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,11 +49,18 @@ mod tests {
     }
 
     #[test]
+    fn reads_this_process_s_resident_set() {
+        let (rss, anon) = rss(std::process::id()).unwrap();
+        assert!(anon > 0 && anon <= rss, "{anon} of {rss}");
+    }
+
+    #[test]
     fn a_reaped_child_is_gone() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
         assert!(!is_alive(pid));
         assert_eq!(facts(pid), ProcessFacts::default());
+        assert_eq!(rss(pid), None);
     }
 }

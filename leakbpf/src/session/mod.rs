@@ -16,6 +16,7 @@ use std::{ffi::OsString, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
+pub use self::event_loop::Verdicts;
 use self::{
     event_loop::{EventLoop, LoopSettings},
     lifetime::Lifetime,
@@ -24,6 +25,7 @@ use self::{
     supervisor::TracedChild,
 };
 use crate::{
+    analyze::{Sort, Suppressions},
     attach::{self, Attacher, Image, Probed, Programs, Scope},
     kernel::{self, Capacity, LoadSettings, Mode},
     output::{Format, Output},
@@ -56,9 +58,12 @@ pub struct Settings {
     pub symbol_prefix: Option<String>,
     /// Also trace the processes the targets start.
     pub follow_forks: bool,
+    pub sort: Sort,
+    pub suppressions: Suppressions,
 }
 
-pub fn run(settings: Settings) -> Result<()> {
+/// Traces the targets until the run ends; returns what the final reports said.
+pub fn run(settings: Settings) -> Result<Verdicts> {
     attach::check_privileges()?;
     // Before anything is attached, so a bad path costs nothing.
     let output = Output::open(
@@ -202,6 +207,8 @@ pub fn run(settings: Settings) -> Result<()> {
             min_age: settings.min_age,
             count: settings.count,
             verbose: settings.verbose,
+            sort: settings.sort,
+            suppressions: settings.suppressions,
         },
         registry: Registry::new(&pids),
         attacher,
@@ -211,6 +218,7 @@ pub fn run(settings: Settings) -> Result<()> {
         started,
         starting: started,
         first_image: started.is_some(),
+        verdicts: Verdicts::default(),
     };
     // Every probe detaches when the loop, which owns the attacher, is dropped.
     runtime.block_on(event_loop.run(lifetime, logger))

@@ -99,7 +99,9 @@ impl History {
                     allocations: state.allocations,
                     old_allocations: state.old_allocations,
                 });
-                let trend = site.samples.trend(old_after_s);
+                let oldest_s =
+                    Duration::from_nanos(now_ns.saturating_sub(state.oldest_ns)).as_secs_f64();
+                let trend = site.samples.trend(old_after_s, oldest_s);
                 let previous = site.previous;
                 site.previous = (state.bytes, state.allocations);
                 self.sites.insert(state.stack_id, site);
@@ -216,8 +218,8 @@ impl History {
         self.rss.push(sample(rss_bytes));
         self.heap.push(sample(heap_bytes));
         let old_after_s = (moment.interval * OLD_AFTER_INTERVALS).as_secs_f64();
-        let rss = self.rss.trend(old_after_s);
-        let heap = self.heap.trend(old_after_s);
+        let rss = self.rss.trend(old_after_s, time_s);
+        let heap = self.heap.trend(old_after_s, time_s);
         self.memory = Some(Memory {
             rss_bytes,
             anon_rss_bytes,

@@ -15,8 +15,9 @@ const MAX_SAMPLES: usize = 64;
 pub const MIN_SAMPLES: usize = 4;
 /// Fit quality (R²) steady growth needs to be called a leak.
 const LEAK_FIT: f64 = 0.9;
-/// Share of a site's blocks that must be old (see [`Sample::old_allocations`]) for a
-/// leak: leaked blocks stay and age.
+/// Share of its blocks a leaking site has old (see [`Sample::old_allocations`]), against
+/// what a site that never frees would have: leaked blocks stay and age, a cache's turn
+/// over.
 const LEAK_OLD_SHARE: f64 = 0.5;
 /// A change below this share of the outstanding bytes is no change (allocator noise).
 const FLAT: f64 = 0.02;
@@ -59,8 +60,9 @@ impl History {
         self.samples.push(sample);
     }
 
-    /// What the samples say; `old_after_s` is the age that makes a block old.
-    pub fn trend(&self, old_after_s: f64) -> Trend {
+    /// What the samples say; `old_after_s` is the age that makes a block old, and
+    /// `oldest_s` the age of the site's oldest block.
+    pub fn trend(&self, old_after_s: f64, oldest_s: f64) -> Trend {
         let bytes = fit(&self.samples, |s| s.bytes as f64);
         let allocations = fit(&self.samples, |s| s.allocations as f64);
         let pattern = self.pattern();
@@ -69,11 +71,15 @@ impl History {
         let old_share = last
             .filter(|s| s.allocations > 0)
             .map_or(0.0, |s| s.old_allocations as f64 / s.allocations as f64);
+        // A site that grew at a steady rate since its oldest block and freed nothing has
+        // this share of its blocks old.
+        let never_freed = (oldest_s - old_after_s) / oldest_s.max(f64::MIN_POSITIVE);
         let growing = matches!(pattern, Pattern::SteadyGrowth | Pattern::SteppedGrowth);
         let verdict = if !growing {
             Verdict::NoLeak
         } else if self.samples.len() >= MIN_SAMPLES
-            && old_share >= LEAK_OLD_SHARE
+            && never_freed > 0.0
+            && old_share >= LEAK_OLD_SHARE * never_freed
             && (pattern == Pattern::SteppedGrowth || bytes.r2 >= LEAK_FIT)
         {
             Verdict::Leak
@@ -127,9 +133,8 @@ impl History {
         if recent.time_s < last.time_s && flat(recent.bytes, last.bytes) {
             return Pattern::GrowsThenHolds;
         }
-        if young {
-            return Pattern::Transient;
-        }
+        // Growing with young blocks only is a young site, not yet a churn: the verdict
+        // weighs the ages.
         // Steps: most intervals add (next to) nothing, a few add much. Against the
         // mean rise per interval, not the total, so a long steady run is no staircase.
         let mean_rise = (last.bytes - first.bytes) as f64 / (samples.len() - 1) as f64;
@@ -221,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_steady_leak_is_a_leak_at_its_rate() {
-        let trend = history(10, 0.8, |i| 1000 + 5000 * i as u64).trend(3.0);
+        let trend = history(10, 0.8, |i| 1000 + 5000 * i as u64).trend(3.0, 10.0);
         assert_eq!(trend.pattern, Pattern::SteadyGrowth);
         assert_eq!(trend.verdict, Verdict::Leak);
         assert!((trend.bytes_per_s - 5000.0).abs() < 1e-6);
@@ -231,15 +236,19 @@ mod tests {
 
     #[test]
     fn too_few_reports_or_young_blocks_leave_it_suspect() {
-        let short = history(3, 0.8, |i| 1000 + 5000 * i as u64).trend(3.0);
+        let short = history(3, 0.8, |i| 1000 + 5000 * i as u64).trend(3.0, 10.0);
         assert_eq!(short.verdict, Verdict::Suspect);
-        let young = history(10, 0.1, |i| 1000 + 5000 * i as u64).trend(3.0);
+        // Older blocks freed: fewer are old than a site that frees nothing would have.
+        let young = history(10, 0.2, |i| 1000 + 5000 * i as u64).trend(3.0, 10.0);
         assert_eq!(young.verdict, Verdict::Suspect);
+        // A run no longer than the age that makes a block old cannot tell.
+        let early = history(10, 0.0, |i| 1000 + 5000 * i as u64).trend(3.0, 2.5);
+        assert_eq!(early.verdict, Verdict::Suspect);
     }
 
     #[test]
     fn steps_are_stepped_growth_and_a_leak() {
-        let trend = history(12, 0.9, |i| 10_000 * (1 + i as u64 / 3)).trend(3.0);
+        let trend = history(12, 0.9, |i| 10_000 * (1 + i as u64 / 3)).trend(3.0, 10.0);
         assert_eq!(trend.pattern, Pattern::SteppedGrowth);
         assert_eq!(trend.verdict, Verdict::Leak);
     }
@@ -247,7 +256,7 @@ mod tests {
     #[test]
     fn a_cache_that_fills_then_holds_is_no_leak() {
         for old in [0.0, 0.5] {
-            let trend = history(12, old, |i| 10_000 * (i.min(4) as u64 + 1)).trend(3.0);
+            let trend = history(12, old, |i| 10_000 * (i.min(4) as u64 + 1)).trend(3.0, 10.0);
             assert_eq!(trend.pattern, Pattern::GrowsThenHolds);
             assert_eq!(trend.verdict, Verdict::NoLeak);
         }
@@ -255,12 +264,12 @@ mod tests {
 
     #[test]
     fn young_blocks_only_are_transient_and_falls_are_shrinking() {
-        let churn = history(8, 0.0, |i| 5000 + (i as u64 % 2) * 300).trend(3.0);
+        let churn = history(8, 0.0, |i| 5000 + (i as u64 % 2) * 300).trend(3.0, 10.0);
         assert_eq!(churn.pattern, Pattern::Transient);
         assert_eq!(churn.verdict, Verdict::NoLeak);
-        let falls = history(8, 1.0, |i| 80_000 - 10_000 * i as u64).trend(3.0);
+        let falls = history(8, 1.0, |i| 80_000 - 10_000 * i as u64).trend(3.0, 10.0);
         assert_eq!(falls.pattern, Pattern::Shrinking);
-        let flat = history(8, 1.0, |_| 4096).trend(3.0);
+        let flat = history(8, 1.0, |_| 4096).trend(3.0, 10.0);
         assert_eq!(flat.pattern, Pattern::Stable);
     }
 
@@ -270,7 +279,7 @@ mod tests {
         assert!(history.samples.len() <= MAX_SAMPLES);
         assert_eq!(history.samples[0].time_s, 0.0);
         assert_eq!(history.samples.last().unwrap().time_s, 9999.0);
-        let trend = history.trend(3.0);
+        let trend = history.trend(3.0, 10_000.0);
         assert!((trend.bytes_per_s - 100.0).abs() < 1e-6);
     }
 }

@@ -186,7 +186,9 @@ impl History {
                 });
             }
         }
-        let memory = self.memory(&moment, totals.outstanding_bytes);
+        // Suppressed or not, the heap is what RSS holds.
+        let heap = totals.outstanding_bytes + suppressed.iter().map(|s| s.bytes).sum::<u64>();
+        let memory = self.memory(&moment, heap);
         Snapshot {
             schema_version: SCHEMA_VERSION,
             timestamp: moment.timestamp,

@@ -1,4 +1,4 @@
-/* Seeds for the `elf` fuzz target (built by `cargo xtask bench --fuzz`): a small
+/* Seeds for the `elf` fuzz target (built by `cargo xtask bench fuzz`): a small
  * executable and shared library defining allocation functions, with an interpreter,
  * a soname and needed libraries for the mutations to start from. */
 #include <stddef.h>

@@ -8,48 +8,30 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{
-    toolchain,
-    util::{self, as_root, header},
-};
+use devutil::{as_root, header};
+
+use crate::toolchain;
 
 /// Builds the agent (release); returns its path.
 pub fn build_agent(root: &Path) -> Result<PathBuf> {
-    util::run(Command::new("cargo").current_dir(root).args([
+    devutil::run(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",
         "-p",
         "leakbpf",
     ]))?;
-    let agent = util::target_dir(root).join("release").join("leakbpf");
+    let agent = devutil::release_binary(root, "leakbpf");
     if !agent.is_file() {
         anyhow::bail!("the build succeeded but {} is missing", agent.display());
     }
     Ok(agent)
 }
 
-/// Builds the demo chat server (tests/targets/chat_server.cpp) into target/demo; returns
-/// its path.
-pub fn build_chat_server(root: &Path) -> Result<PathBuf> {
-    header("build the demo chat server");
-    let out = util::target_dir(root).join("demo");
-    let mut out_arg = OsString::from("OUT=");
-    out_arg.push(&out);
-    util::run(
-        Command::new("make")
-            .arg("-C")
-            .arg(root.join("tests/targets"))
-            .arg(out_arg)
-            .arg("chat_server"),
-    )?;
-    Ok(out.join("chat_server"))
-}
-
 /// `cargo xtask run -- ARGS`: the release agent, as root, with `args`; returns its exit code.
 pub fn run(root: &Path, args: &[OsString]) -> Result<u8> {
     let agent = build_agent(root)?;
-    let status = util::status(as_root(&agent, true, "leakbpf")?.args(args))?;
-    Ok(util::exit_code(status))
+    let status = devutil::status(as_root(&agent, true, "leakbpf")?.args(args))?;
+    Ok(devutil::exit_code(status))
 }
 
 /// `cargo xtask demo`: the agent on the leaky chat server, then on its RAII-fixed build.
@@ -61,7 +43,7 @@ pub fn demo(root: &Path) -> Result<u8> {
     header("build leakbpf");
     let agent = build_agent(root)?;
 
-    let server = build_chat_server(root)?;
+    let server = devutil::build_chat_server(root)?;
 
     header("leakbpf on the chat server (leaks on purpose), 7 s");
     let leaky = profile(root, &agent, &server, &["--duration", "7"])?;
@@ -79,10 +61,10 @@ fn profile(root: &Path, agent: &Path, server: &Path, args: &[&str]) -> Result<u8
         .args(["--interval", "2s", "--top", "5", "--"])
         .arg(server)
         .args(args);
-    println!("{}", util::describe(&cmd));
-    let status = util::status(&mut cmd)
+    println!("{}", devutil::describe(&cmd));
+    let status = devutil::status(&mut cmd)
         .with_context(|| format!("cannot run the agent {}", agent.display()))?;
-    let code = util::exit_code(status);
+    let code = devutil::exit_code(status);
     if code != 0 {
         println!("leakbpf exited with {status}");
     }

@@ -13,12 +13,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use devutil::header;
 use sha2::{Digest, Sha256};
 
 use crate::{
     rustc_wrapper,
     toolchain::{EbpfToolchain, ensure_ebpf_toolchain},
-    util::{self, header},
 };
 
 const TARGET: &str = "bpfel-unknown-none";
@@ -119,8 +119,8 @@ fn build(root: &Path, toolchain: &EbpfToolchain, locked: bool) -> Result<PathBuf
     if locked {
         cmd.arg("--locked");
     }
-    println!("{}", util::describe(&cmd));
-    util::run(&mut cmd)?;
+    println!("{}", devutil::describe(&cmd));
+    devutil::run(&mut cmd)?;
 
     let object = target_dir.join(TARGET).join("release").join(OBJECT_NAME);
     if !object.is_file() {
@@ -147,7 +147,7 @@ fn rustflags(root: &Path, crate_dir: &Path, toolchain: &EbpfToolchain) -> Result
         remaps.push((from, to));
     };
     remap(toolchain.sysroot()?, "/rustc-sysroot");
-    remap(util::cargo_home()?, "/cargo");
+    remap(devutil::cargo_home()?, "/cargo");
     remap(root.to_owned(), "/leakbpf");
     remap(crate_dir.to_owned(), "/leakbpf-ebpf");
     // rustc applies the last matching remapping: the most specific prefixes go last.

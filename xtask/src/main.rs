@@ -6,7 +6,6 @@ mod ebpf;
 mod rustc_wrapper;
 mod test;
 mod toolchain;
-mod util;
 
 use std::{env, ffi::OsString, process::ExitCode};
 
@@ -45,23 +44,20 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Benchmark leakbpf against no tool, its floor and peer tools (docs/benchmarks.md)
-    Bench(bench::BenchArgs),
+    /// Build leakbpf-bench and run it: `cargo xtask bench [compare|soak|fuzz|setup-peers]
+    /// [OPTIONS]` (docs/benchmarks.md; `cargo xtask bench --help` lists them)
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for leakbpf-bench
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Everything CI checks: setup --ebpf, fmt, clippy, check-ebpf, tests
     Test,
 }
 
 fn main() -> ExitCode {
-    match try_main() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    devutil::exit_code_of(try_main())
 }
 
 fn try_main() -> Result<ExitCode> {
@@ -69,7 +65,7 @@ fn try_main() -> Result<ExitCode> {
         match rustc_wrapper::run(&root)? {}
     }
     let cli = Cli::parse();
-    let root = util::repo_root()?;
+    let root = devutil::repo_root()?;
     match cli.task {
         Task::Setup { ebpf } => toolchain::setup(ebpf)?,
         Task::BuildEbpf => ebpf::build_and_ship(&root)?,
@@ -77,7 +73,7 @@ fn try_main() -> Result<ExitCode> {
         Task::Demo => return Ok(ExitCode::from(demo::demo(&root)?)),
         Task::Run { args } => return Ok(ExitCode::from(demo::run(&root, &args)?)),
         Task::Test => test::run(&root)?,
-        Task::Bench(args) => bench::run(&root, &args)?,
+        Task::Bench { args } => return Ok(ExitCode::from(bench::run(&root, &args)?)),
     }
     Ok(ExitCode::SUCCESS)
 }

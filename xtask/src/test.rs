@@ -11,10 +11,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
-    ebpf, toolchain,
-    util::{self, header, is_root, which},
-};
+use devutil::{header, is_root, which};
+
+use crate::{ebpf, toolchain};
 
 type Step = fn(&Path) -> Result<()>;
 
@@ -91,8 +90,8 @@ fn cargo(root: &Path) -> Command {
 
 /// The workspace, and the eBPF crate (its own workspace) through rustfmt directly.
 fn fmt(root: &Path) -> Result<()> {
-    util::run(cargo(root).args(["fmt", "--all", "--check"]))?;
-    util::run(
+    devutil::run(cargo(root).args(["fmt", "--all", "--check"]))?;
+    devutil::run(
         Command::new("rustfmt")
             .current_dir(root)
             .args(["--check", "--edition", "2024"])
@@ -101,7 +100,7 @@ fn fmt(root: &Path) -> Result<()> {
 }
 
 fn clippy(root: &Path) -> Result<()> {
-    util::run(cargo(root).args([
+    devutil::run(cargo(root).args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -134,7 +133,7 @@ fn test(root: &Path) -> Result<()> {
     cmd.stdout(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot run {}", util::describe(&cmd)))?;
+        .with_context(|| format!("cannot run {}", devutil::describe(&cmd)))?;
     let stdout = child.stdout.take().context("cargo test has no stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("cannot read cargo test's output")?;

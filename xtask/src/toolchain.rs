@@ -8,17 +8,14 @@
 //!   `RUSTC_BOOTSTRAP=1`, and `bpf-linker` built against Debian's LLVM 22.
 
 use std::{
-    env,
     ffi::OsString,
     fmt,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::{Context, Result, bail};
-
-use crate::util::{self, as_root, try_output, which};
+use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 
 /// What the tests and the demo need (Debian package names): the compilers, bpftool, and
 /// the allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc).
@@ -49,30 +46,6 @@ const DEBIAN_LIBLLVM: &str = "libLLVM.so.22";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const BPF_LINKER_VERSION: &str = "^0.13";
-
-/// Environment variables of the calling cargo that would change how a nested build runs.
-const BUILD_ENV: &[&str] = &[
-    "CARGO",
-    "CARGO_ENCODED_RUSTDOCFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_INCREMENTAL",
-    "RUSTC",
-    "RUSTC_BOOTSTRAP",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_WRAPPER",
-    "RUSTDOC",
-    "RUSTDOCFLAGS",
-    "RUSTFLAGS",
-    "RUSTUP_TOOLCHAIN",
-];
-const BUILD_ENV_PREFIXES: &[&str] = &[
-    "CARGO_BUILD_",
-    "CARGO_PROFILE_",
-    "CARGO_TARGET_",
-    "CARGO_UNSTABLE_",
-];
-
-static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// `cargo xtask setup [--ebpf]`.
 pub fn setup(ebpf: bool) -> Result<()> {
@@ -116,53 +89,16 @@ fn ensure_rust_components() -> Result<()> {
         if which("rustup").is_none() {
             bail!("`cargo fmt` or `cargo clippy` is missing, and there is no rustup to add them");
         }
-        util::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+        devutil::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     }
     let installed = try_output(Command::new("rustup").args(["target", "list", "--installed"]))
         .is_some_and(|targets| targets.lines().any(|t| t.trim() == MUSL_TARGET));
     if !installed && which("rustup").is_some() {
-        util::run(Command::new("rustup").args(["target", "add", MUSL_TARGET])).context(
+        devutil::run(Command::new("rustup").args(["target", "add", MUSL_TARGET])).context(
             "the musl target is needed by the static Rust test (tests/tests/rust_musl.rs)",
         )?;
     }
     Ok(())
-}
-
-pub fn is_debian() -> bool {
-    Path::new("/etc/debian_version").exists()
-        && which("dpkg-query").is_some()
-        && which("apt-get").is_some()
-}
-
-fn is_installed(package: &str) -> bool {
-    try_output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .is_some_and(|status| status.ends_with(" installed"))
-}
-
-/// Installs the missing ones of `packages` with apt-get (through sudo when not root).
-pub fn ensure_packages(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !is_installed(p))
-        .collect();
-    if missing.is_empty() {
-        println!("apt packages present: {}", packages.join(" "));
-        return Ok(());
-    }
-    println!("installing apt packages: {}", missing.join(" "));
-    let why = format!("installing {}", missing.join(" "));
-    if !APT_UPDATED.load(Ordering::Relaxed) {
-        util::run(apt(&why)?.arg("update"))?;
-        APT_UPDATED.store(true, Ordering::Relaxed);
-    }
-    util::run(apt(&why)?.args(["install", "-y"]).args(&missing))
-}
-
-fn apt(why: &str) -> Result<Command> {
-    let mut cmd = as_root("env", false, why)?;
-    cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
-    Ok(cmd)
 }
 
 /// How the eBPF object gets built.
@@ -197,7 +133,7 @@ impl EbpfToolchain {
             .bpf_linker
             .parent()
             .context("bpf-linker path has no parent")?;
-        cmd.env("PATH", util::path_with(linker_dir)?);
+        cmd.env("PATH", devutil::path_with(linker_dir)?);
         match self.route {
             Route::Nightly => {
                 cmd.env("RUSTUP_TOOLCHAIN", "nightly");
@@ -227,32 +163,21 @@ impl EbpfToolchain {
 
     /// `rustc --print sysroot`.
     pub fn sysroot(&self) -> Result<PathBuf> {
-        let sysroot = util::output(self.rustc()?.args(["--print", "sysroot"]))?;
+        let sysroot = devutil::output(self.rustc()?.args(["--print", "sysroot"]))?;
         Ok(PathBuf::from(sysroot))
     }
 
     /// What identifies the produced bytes: rustc, its LLVM and bpf-linker versions.
     pub fn identity(&self) -> Result<String> {
-        let verbose = util::output(self.rustc()?.arg("-vV"))?;
+        let verbose = devutil::output(self.rustc()?.arg("-vV"))?;
         let rustc = verbose.lines().next().unwrap_or_default().to_owned();
         let llvm = verbose
             .lines()
             .find(|l| l.starts_with("LLVM version:"))
             .unwrap_or("LLVM version: unknown")
             .to_owned();
-        let linker = util::output(Command::new(&self.bpf_linker).arg("--version"))?;
+        let linker = devutil::output(Command::new(&self.bpf_linker).arg("--version"))?;
         Ok(format!("{rustc}\n{llvm}\n{linker}\n"))
-    }
-}
-
-/// Removes the calling cargo's build settings from `cmd`'s environment, for a nested
-/// build with another toolchain or other flags.
-pub fn clear_build_env(cmd: &mut Command) {
-    for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if BUILD_ENV.contains(&key) || BUILD_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
-            cmd.env_remove(key);
-        }
     }
 }
 
@@ -267,7 +192,7 @@ pub fn ensure_ebpf_toolchain() -> Result<EbpfToolchain> {
         Route::Debian
     } else if which("rustup").is_some() {
         println!("installing a rustup nightly with rust-src");
-        util::run(Command::new("rustup").args([
+        devutil::run(Command::new("rustup").args([
             "toolchain",
             "install",
             "nightly",
@@ -303,7 +228,7 @@ fn nightly_has_rust_src() -> bool {
 
 /// The `bpf-linker` to use, installed with `cargo install` when missing or unfit.
 fn ensure_bpf_linker(route: Route) -> Result<PathBuf> {
-    let installed = util::cargo_home()?.join("bin").join("bpf-linker");
+    let installed = devutil::cargo_home()?.join("bin").join("bpf-linker");
     let found = which("bpf-linker").or_else(|| installed.exists().then(|| installed.clone()));
     if let Some(path) = &found {
         match try_output(Command::new(path).arg("--version")) {
@@ -329,12 +254,12 @@ fn ensure_bpf_linker(route: Route) -> Result<PathBuf> {
         cmd.args(["--version", BPF_LINKER_VERSION, "--no-default-features"])
             .args(["--features", DEBIAN_LLVM_FEATURE])
             .env("LLVM_PREFIX", DEBIAN_LLVM_PREFIX)
-            .env("PATH", util::path_with(&llvm_bin)?);
+            .env("PATH", devutil::path_with(&llvm_bin)?);
     }
-    println!("installing bpf-linker: {}", util::describe(&cmd));
-    util::run(&mut cmd)?;
+    println!("installing bpf-linker: {}", devutil::describe(&cmd));
+    devutil::run(&mut cmd)?;
 
-    let version = util::output(Command::new(&installed).arg("--version"))
+    let version = devutil::output(Command::new(&installed).arg("--version"))
         .context("bpf-linker does not run after `cargo install`")?;
     println!("installed {version} at {}", installed.display());
     Ok(installed)

@@ -1,5 +1,5 @@
-//! `cargo xtask bench --soak MINUTES`: the chat-server demo started under leakbpf and kept
-//! busy for MINUTES. Samples the agent's RSS and the call sites it reports, checks that
+//! `cargo xtask bench soak --minutes N`: the chat-server demo started under leakbpf and kept
+//! busy for N minutes. Samples the agent's RSS and the call sites it reports, checks that
 //! both stay flat once warmed up, and that the final report's figures at
 //! `EventManager::subscribe` are the target's own count of what it leaked.
 //! See docs/soak.md.
@@ -16,15 +16,13 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{
+use devutil::header;
+
+use crate::{
     machine::Machine,
     process::{self, Proc},
-    procfs, report,
+    procinfo, provenance, report,
     results::{TargetCheck, num},
-};
-use crate::{
-    demo,
-    util::{self, header},
 };
 
 const DOC: report::DocBlock = report::DocBlock {
@@ -124,7 +122,7 @@ struct Traced(Proc);
 impl Drop for Traced {
     fn drop(&mut self) {
         if self.0.exited().ok().flatten().is_none() {
-            for pid in procfs::tree(self.0.pid()).into_iter().skip(1) {
+            for pid in procinfo::tree(self.0.pid()).into_iter().skip(1) {
                 let pid = libc::pid_t::try_from(pid).unwrap_or(libc::pid_t::MAX);
                 // SAFETY: kill has no memory-safety preconditions; `pid` is a descendant
                 // of our unreaped child, so not reused.
@@ -134,12 +132,10 @@ impl Drop for Traced {
     }
 }
 
-/// Runs the soak; fails when a check fails.
-pub fn run(root: &Path, minutes: u64) -> Result<()> {
-    header("build leakbpf");
-    let agent = demo::build_agent(root)?;
-    let server = demo::build_chat_server(root)?;
-    let out = util::target_dir(root).join("bench");
+/// Runs the soak of `agent`; fails when a check fails.
+pub fn run(root: &Path, agent: &Path, minutes: u64) -> Result<()> {
+    let server = devutil::build_chat_server(root)?;
+    let out = devutil::target_dir(root).join("bench");
     let dir = out.join("soak");
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
@@ -157,7 +153,7 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
         "--messages".to_owned(),
         MESSAGES.to_string(),
     ];
-    let mut cmd = Command::new(&agent);
+    let mut cmd = Command::new(agent);
     cmd.args(["--interval", &interval, "--format", "json", "--top", "20"])
         .arg("--output")
         .arg(&reports)
@@ -215,10 +211,10 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     ];
     let results = SoakResults {
         schema_version: 1,
-        command: super::command_line(),
-        date_utc: super::date_utc(),
+        command: provenance::command_line(),
+        date_utc: provenance::date_utc(),
         machine: Machine::detect(),
-        leakbpf_commit: super::commit(root),
+        leakbpf_commit: provenance::commit(root),
         minutes,
         run,
         target_cpu_per_s,
@@ -284,11 +280,11 @@ fn sample(traced: &mut Traced, reports: &Path, log: &Path, seconds: u64) -> Resu
             thread::sleep(Duration::from_millis(100));
         }
         let t_s = started.elapsed().as_secs_f64();
-        let Ok(rss_kib) = procfs::rss_kib(agent) else {
+        let Ok(rss_kib) = procinfo::rss_kib(agent) else {
             continue; // it is exiting
         };
         // The started target is the agent's only descendant.
-        if let Some((cpu_s, _)) = procfs::tree_usage(agent, agent) {
+        if let Some((cpu_s, _)) = procinfo::tree_usage(agent, agent) {
             target_cpu_per_s = Some(cpu_s / t_s);
         }
         let newest = last_line(reports).and_then(|l| serde_json::from_str::<Value>(&l).ok());

@@ -1,4 +1,4 @@
-//! `cargo xtask bench --setup-peers`: installs the peer tools and prepares what they need
+//! `cargo xtask bench setup-peers`: installs the peer tools and prepares what they need
 //! on this machine (kernel headers for BCC, tracefs).
 
 use std::{
@@ -8,21 +8,22 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use devutil::{as_root, header, try_output, which};
 
-use crate::{
-    toolchain,
-    util::{self, as_root, header, try_output, which},
-};
-
-/// The peers' Debian packages; `linux-headers-amd64` is for BCC's compiler.
+/// The peers' Debian packages; `linux-headers-amd64` is for BCC's compiler, g++ and make
+/// for the bench's own workloads and the demo chat server.
 const PACKAGES: &[&str] = &[
+    "g++",
+    "make",
     "bpfcc-tools",
     "bpftrace",
     "heaptrack",
     "valgrind",
     "linux-headers-amd64",
 ];
-/// The peers' commands, for machines without apt.
+/// The commands the bench needs, for machines without apt.
+const COMPILERS: &[&str] = &["gcc", "g++", "make"];
+/// The peers' commands.
 pub const MEMLEAK: &str = "memleak-bpfcc";
 pub const BPFTRACE: &str = "bpftrace";
 pub const HEAPTRACK: &str = "heaptrack";
@@ -32,12 +33,13 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// Installs the packages, links the kernel headers and mounts tracefs.
 pub fn setup() -> Result<()> {
     header("bench peers: packages");
-    toolchain::ensure_base_packages()?;
-    if toolchain::is_debian() {
-        toolchain::ensure_packages(PACKAGES)?;
+    if devutil::is_debian() {
+        devutil::ensure_packages(PACKAGES)?;
     } else {
-        let missing: Vec<&str> = [MEMLEAK, BPFTRACE, HEAPTRACK, VALGRIND]
-            .into_iter()
+        let missing: Vec<&str> = COMPILERS
+            .iter()
+            .copied()
+            .chain([MEMLEAK, BPFTRACE, HEAPTRACK, VALGRIND])
             .filter(|c| which(c).is_none())
             .collect();
         if !missing.is_empty() {
@@ -156,5 +158,5 @@ fn mount_tracefs() -> Result<()> {
 fn root(cmd: &Command, why: &str) -> Result<()> {
     let mut elevated = as_root(cmd.get_program(), false, why)?;
     elevated.args(cmd.get_args());
-    util::run(&mut elevated)
+    devutil::run(&mut elevated)
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{
+use crate::{
     machine::Machine, scale::ScaleResult, session::Sample, stats::Summary, tools::Tool,
     workloads::Workload,
 };

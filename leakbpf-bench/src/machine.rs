@@ -2,10 +2,11 @@
 
 use std::{fs, process::Command, thread};
 
+use devutil::try_output;
+use procfs::{CpuInfo, Current};
 use serde::Serialize;
 
-use super::peers;
-use crate::util::try_output;
+use crate::peers;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
@@ -26,14 +27,9 @@ impl Machine {
                     .map(|v| v.trim_matches('"').to_owned())
             })
             .unwrap_or_else(|| "unknown".to_owned());
-        let cpu = fs::read_to_string("/proc/cpuinfo")
+        let cpu = CpuInfo::current()
             .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_owned())
-            })
+            .and_then(|info| info.model_name(0).map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
         let glibc = try_output(Command::new("getconf").arg("GNU_LIBC_VERSION"))
             .map(|v| v.trim_start_matches("glibc ").to_owned())

@@ -1,5 +1,5 @@
-//! `cargo xtask bench --fuzz SECS`: every cargo-fuzz target in `fuzz/` (the parsers of
-//! what a traced process provides) for SECS seconds each, from a corpus seeded with real
+//! `cargo xtask bench fuzz --seconds N`: every cargo-fuzz target in `fuzz/` (the parsers
+//! of what a traced process provides) for N seconds each, from a corpus seeded with real
 //! inputs; reports executions and crashes. Needs rustup's nightly; installs cargo-fuzz.
 
 use std::{
@@ -10,13 +10,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use devutil::{clear_build_env, header, try_output, which};
 use serde::Serialize;
 
-use super::{machine::Machine, process, report};
-use crate::{
-    toolchain,
-    util::{self, header, try_output, which},
-};
+use crate::{machine::Machine, process, provenance, report, results::num};
 
 const DOC: report::DocBlock = report::DocBlock {
     file: "docs/fuzzing.md",
@@ -27,6 +24,9 @@ const DOC: report::DocBlock = report::DocBlock {
 const BUILT: &str = "target/x86_64-unknown-linux-gnu/release";
 /// An input that runs longer than this is a hang, and fails like a crash.
 const INPUT_TIMEOUT_S: u32 = 10;
+/// Why the nightly toolchain, in the errors when it is missing.
+const NEEDS_NIGHTLY: &str =
+    "fuzzing needs rustup's nightly toolchain (cargo-fuzz builds with -Z flags)";
 
 #[derive(Debug, Serialize)]
 pub struct FuzzResults {
@@ -57,15 +57,15 @@ pub struct TargetResult {
 /// Runs every target for `seconds`; fails when one crashed.
 pub fn run(root: &Path, seconds: u64) -> Result<()> {
     let fuzz_dir = root.join("fuzz");
-    let out = util::target_dir(root).join("bench");
+    let out = devutil::target_dir(root).join("bench");
     let logs = out.join("fuzz");
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
 
     header("fuzz: nightly and cargo-fuzz");
     ensure_nightly()?;
     ensure_cargo_fuzz()?;
-    let sanitizer = sanitizer(&logs)?;
-    util::run(cargo_fuzz(&fuzz_dir).args(["build", "-s", &sanitizer]))?;
+    let sanitizer = sanitizer()?;
+    devutil::run(cargo_fuzz(&fuzz_dir).args(["build", "-s", &sanitizer]))?;
     let targets = list(&fuzz_dir)?;
     seed(&fuzz_dir).context("cannot seed the fuzz corpus")?;
 
@@ -90,10 +90,10 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
 
     let results = FuzzResults {
         schema_version: 1,
-        command: super::command_line(),
-        date_utc: super::date_utc(),
+        command: provenance::command_line(),
+        date_utc: provenance::date_utc(),
         machine: Machine::detect(),
-        leakbpf_commit: super::commit(root),
+        leakbpf_commit: provenance::commit(root),
         seconds_per_target: seconds,
         sanitizer,
         targets: results,
@@ -126,51 +126,67 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
 /// `cargo +nightly fuzz ...` in `fuzz/`, free of the calling cargo's settings.
 fn cargo_fuzz(fuzz_dir: &Path) -> Command {
     let mut cmd = Command::new("cargo");
-    toolchain::clear_build_env(&mut cmd);
+    clear_build_env(&mut cmd);
     cmd.current_dir(fuzz_dir).args(["+nightly", "fuzz"]);
     cmd
 }
 
+/// Installs rustup's nightly when missing; fails with one line when it cannot.
 fn ensure_nightly() -> Result<()> {
     if which("rustup").is_none() {
-        bail!("fuzzing needs rustup's nightly toolchain (cargo-fuzz builds with -Z flags)");
+        bail!("{NEEDS_NIGHTLY}, and there is no rustup here: install rustup and its nightly");
     }
-    let toolchains = util::output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        util::run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+    let toolchains = devutil::output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        return Ok(());
+    }
+    let mut install = Command::new("rustup");
+    install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+    println!(
+        "{NEEDS_NIGHTLY}; installing it: {}",
+        devutil::describe(&install)
+    );
+    let status = devutil::status(&mut install)?;
+    if !status.success() {
+        bail!(
+            "{NEEDS_NIGHTLY}; it is not installed and `{}` failed ({status})",
+            devutil::describe(&install)
+        );
     }
     Ok(())
 }
 
 /// Installs cargo-fuzz with `cargo install` unless cargo already has it.
 fn ensure_cargo_fuzz() -> Result<()> {
-    let installed = util::cargo_home()?.join("bin").join("cargo-fuzz");
+    let installed = devutil::cargo_home()?.join("bin").join("cargo-fuzz");
     if which("cargo-fuzz").is_some() || installed.exists() {
         return Ok(());
     }
     let mut cmd = Command::new("cargo");
-    toolchain::clear_build_env(&mut cmd);
+    clear_build_env(&mut cmd);
     cmd.args(["install", "cargo-fuzz", "--locked"]);
-    println!("installing cargo-fuzz: {}", util::describe(&cmd));
-    util::run(&mut cmd)
+    println!("installing cargo-fuzz: {}", devutil::describe(&cmd));
+    let status = devutil::status(&mut cmd)?;
+    if !status.success() {
+        bail!(
+            "fuzzing needs cargo-fuzz; it is not installed and `{}` failed ({status})",
+            devutil::describe(&cmd)
+        );
+    }
+    Ok(())
 }
 
 /// AddressSanitizer when this nightly can link a program with it, else none.
-fn sanitizer(scratch: &Path) -> Result<String> {
-    let source = scratch.join("asan_probe.rs");
+fn sanitizer() -> Result<String> {
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let source = scratch.path().join("asan_probe.rs");
     fs::write(&source, "fn main() {}\n")
         .with_context(|| format!("cannot write {}", source.display()))?;
     let mut rustc = Command::new("rustc");
-    toolchain::clear_build_env(&mut rustc);
+    clear_build_env(&mut rustc);
     rustc
         .args(["+nightly", "-Zsanitizer=address", "-o"])
-        .arg(scratch.join("asan_probe"))
+        .arg(scratch.path().join("asan_probe"))
         .arg(&source);
     if try_output(&mut rustc).is_some() {
         return Ok("address".to_owned());
@@ -181,7 +197,7 @@ fn sanitizer(scratch: &Path) -> Result<String> {
 
 /// The targets fuzz/Cargo.toml declares.
 fn list(fuzz_dir: &Path) -> Result<Vec<String>> {
-    let text = util::output(cargo_fuzz(fuzz_dir).arg("list"))?;
+    let text = devutil::output(cargo_fuzz(fuzz_dir).arg("list"))?;
     let targets: Vec<String> = text.lines().map(|l| l.trim().to_owned()).collect();
     if targets.is_empty() {
         bail!("fuzz/Cargo.toml declares no fuzz target");
@@ -206,7 +222,7 @@ fn seed(fuzz_dir: &Path) -> Result<()> {
             &["-shared", "-fPIC", "-Wl,-soname,libseed.so.1", "-o"][..],
         ),
     ] {
-        util::run(
+        devutil::run(
             Command::new("gcc")
                 .args(["-O1", "-g0"])
                 .args(flags)
@@ -242,7 +258,7 @@ fn fuzz(fuzz_dir: &Path, target: &str, seconds: u64, logs: &Path) -> Result<Targ
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={INPUT_TIMEOUT_S}"))
         .arg("-print_final_stats=1");
-    println!("{}", util::describe(&cmd));
+    println!("{}", devutil::describe(&cmd));
     let mut proc = process::spawn_logged(&mut cmd, &log, target)?;
     let limit = Duration::from_secs(seconds + 600);
     let status = proc.wait(limit)?;
@@ -291,7 +307,7 @@ fn markdown(results: &FuzzResults) -> String {
         results.machine.summary(),
     );
     for t in &results.targets {
-        let number = |n: Option<u64>| n.map_or("?".to_owned(), |n| super::results::num(n as f64));
+        let number = |n: Option<u64>| n.map_or("?".to_owned(), |n| num(n as f64));
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             t.target,

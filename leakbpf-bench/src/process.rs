@@ -13,9 +13,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use devutil::describe;
+use wait_timeout::ChildExt;
 
-use super::procfs;
-use crate::util::describe;
+use crate::procinfo;
 
 const POLL: Duration = Duration::from_millis(20);
 /// How long a tool's uprobes must stay unchanged before the workload is let go.
@@ -63,16 +64,19 @@ impl Proc {
 
     /// Waits up to `limit` for it to exit; kills it after that and fails.
     pub fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited()? {
-                return Ok(status);
+        let status = self
+            .child
+            .wait_timeout(limit)
+            .with_context(|| format!("cannot wait for {}", self.label))?;
+        match status {
+            Some(status) => {
+                self.done = true;
+                Ok(status)
             }
-            if start.elapsed() > limit {
+            None => {
                 self.kill();
                 bail!("{} did not exit within {limit:?}: killed", self.label);
             }
-            thread::sleep(POLL);
         }
     }
 
@@ -106,7 +110,7 @@ impl Drop for Proc {
     }
 }
 
-/// A running workload (see `xtask/bench/bench_protocol.h`): told to go, read for its
+/// A running workload (see `leakbpf-bench/workloads/bench_protocol.h`): told to go, read for its
 /// results, and let exit by closing its stdin.
 pub struct WorkloadProc {
     /// Declared first: its stdin closes before the process is killed.
@@ -247,7 +251,7 @@ pub fn wait_attached(tool: &mut Proc, log: &Path, marker: &str, limit: Duration)
         }
         seen = seen || fs::read_to_string(log).is_ok_and(|text| text.contains(marker));
         if seen {
-            let fds = procfs::perf_event_fds(tool.pid());
+            let fds = procinfo::perf_event_fds(tool.pid());
             match last {
                 Some((count, since)) if count == fds => {
                     // A tool without perf-event fds gets a longer settle.
@@ -272,5 +276,36 @@ pub fn tail(log: &Path) -> String {
         format!(" (nothing in {})", log.display())
     } else {
         format!(": {} (in {})", lines[start..].join(" | "), log.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_returns_the_status_or_kills_after_the_limit() {
+        let mut quick = Proc::spawn(Command::new("sh").args(["-c", "exit 3"]), "sh").unwrap();
+        let status = quick.wait(Duration::from_secs(30)).unwrap();
+        assert_eq!(status.code(), Some(3));
+
+        let mut slow = Proc::spawn(Command::new("sleep").arg("30"), "sleep").unwrap();
+        let pid = slow.pid();
+        let start = Instant::now();
+        let error = slow.wait(Duration::from_millis(200)).unwrap_err();
+        let waited = start.elapsed();
+        assert!(
+            error
+                .to_string()
+                .contains("sleep did not exit within 200ms: killed"),
+            "{error}"
+        );
+        // wait-timeout's own clock may end a fraction of a millisecond early.
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+        // Killed and reaped: no process of that pid is left (not even a zombie).
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 }

@@ -13,12 +13,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::{
+use devutil::header;
+
+use crate::{
     process::{self, WorkloadProc},
-    procfs,
+    procinfo,
     workloads::Binaries,
 };
-use crate::util::header;
 
 pub const ALLOCS: u32 = 1_000_000;
 pub const STACKS: u32 = 10_000;
@@ -106,18 +107,18 @@ pub fn run(agent: &Path, binaries: &Binaries, dir: &Path) -> Result<ScaleResult>
     wait_lines(&reports, count_lines(&reports) + 1, agent_pid)?;
     wait_idle(agent_pid)?;
     let mut seen = count_lines(&reports);
-    let mut before = procfs::cpu_seconds(agent_pid)?;
+    let mut before = procinfo::cpu_seconds(agent_pid)?;
     let mut cycle_cpu_s = Vec::new();
     for _ in 0..CYCLES {
         seen = wait_lines(&reports, seen + 1, agent_pid)?;
         // The line is out; let the cycle's last bookkeeping finish.
         thread::sleep(Duration::from_millis(100));
-        let after = procfs::cpu_seconds(agent_pid)?;
+        let after = procinfo::cpu_seconds(agent_pid)?;
         println!("drain-and-report cycle: {:.3} s agent CPU", after - before);
         cycle_cpu_s.push(after - before);
         before = after;
     }
-    let peak_rss_mb = procfs::peak_rss_kib(agent_pid)? as f64 * 1024.0 / 1e6;
+    let peak_rss_mb = procinfo::peak_rss_kib(agent_pid)? as f64 * 1024.0 / 1e6;
     proc.interrupt(LIMIT)?;
     workload.finish(LIMIT)?;
 
@@ -172,10 +173,10 @@ fn wait_lines(path: &Path, lines: usize, pid: u32) -> Result<usize> {
 /// Waits until `pid` uses no CPU for half a second (at most a minute).
 fn wait_idle(pid: u32) -> Result<()> {
     let start = Instant::now();
-    let mut last = procfs::cpu_seconds(pid)?;
+    let mut last = procinfo::cpu_seconds(pid)?;
     while start.elapsed() < Duration::from_secs(60) {
         thread::sleep(Duration::from_millis(500));
-        let now = procfs::cpu_seconds(pid)?;
+        let now = procinfo::cpu_seconds(pid)?;
         if now - last < 0.015 {
             return Ok(());
         }

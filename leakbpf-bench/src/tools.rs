@@ -9,11 +9,12 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{
+use devutil::{try_output, which};
+
+use crate::{
     peers::{self, BPFTRACE, HEAPTRACK, MEMLEAK, VALGRIND},
-    procfs,
+    procinfo,
 };
-use crate::util::{try_output, which};
 
 /// One column of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,8 +92,10 @@ impl Tool {
             Tool::Baseline => "PROGRAM ARGS",
             Tool::Leakbpf => "target/release/leakbpf --pid PID --interval 1s",
             Tool::Floor => "target/release/leakbpf --floor --pid PID --interval 1s",
-            Tool::Memleak => "memleak-bpfcc -p PID 1 (run by xtask/bench/memleak_shim.py)",
-            Tool::Bpftrace => "bpftrace -p PID leaks.bt (xtask/bench/leaks.bt for PID's libc)",
+            Tool::Memleak => "memleak-bpfcc -p PID 1 (run by leakbpf-bench/peers/memleak_shim.py)",
+            Tool::Bpftrace => {
+                "bpftrace -p PID leaks.bt (leakbpf-bench/peers/leaks.bt for PID's libc)"
+            }
             Tool::Heaptrack => "heaptrack -o FILE PROGRAM ARGS",
             Tool::Valgrind => {
                 "valgrind --tool=memcheck --leak-check=full --log-file=FILE PROGRAM ARGS"
@@ -122,7 +125,7 @@ pub struct Toolbox {
 impl Toolbox {
     /// Why `tool` cannot run here, if it cannot.
     pub fn unavailable(&self, tool: Tool) -> Option<String> {
-        let setup = "run `cargo xtask bench --setup-peers`";
+        let setup = "run `cargo xtask bench setup-peers`";
         let program = match tool {
             Tool::Baseline | Tool::Leakbpf | Tool::Floor => return None,
             Tool::Memleak => MEMLEAK,
@@ -213,13 +216,13 @@ impl Toolbox {
         cmd
     }
 
-    /// `xtask/bench/leaks.bt` for this pid and its libc, written into `dir`.
+    /// `leakbpf-bench/peers/leaks.bt` for this pid and its libc, written into `dir`.
     fn bpftrace_script_for(&self, pid: u32, dir: &Path) -> Result<PathBuf> {
         let template = fs::read_to_string(&self.bpftrace_script)
             .with_context(|| format!("cannot read {}", self.bpftrace_script.display()))?;
-        let libc = procfs::mapped_libc(pid)?;
+        let libc = procinfo::mapped_libc(pid)?;
         let script = template
-            .replace("LIBC", &libc)
+            .replace("LIBC", &libc.to_string_lossy())
             .replace("PID", &pid.to_string());
         let path = dir.join("leaks.bt");
         fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;

@@ -1,58 +1,37 @@
-//! `cargo xtask bench`: leakbpf against no tool, its floor (the same probes with empty
-//! programs) and peer tools, on the same workloads in one invocation, interleaved.
-//! See docs/benchmarks.md. Opt-in, instead: `--fuzz` (docs/fuzzing.md) and `--soak`
-//! (docs/soak.md).
-
-mod fuzz;
-mod machine;
-mod peers;
-mod process;
-mod procfs;
-mod report;
-mod results;
-mod scale;
-mod session;
-mod soak;
-mod stats;
-mod tools;
-mod workloads;
+//! `cargo xtask bench [compare]`: leakbpf against no tool, its floor (the same probes with
+//! empty programs) and peer tools, on the same workloads in one invocation, interleaved.
+//! See docs/benchmarks.md.
 
 use std::{
     collections::BTreeMap,
-    env, fs,
+    fs,
     path::{Path, PathBuf},
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
+use devutil::header;
 
-use self::{
-    machine::Machine,
-    results::{Collected, Results, ToolResult, WorkloadInfo},
-    tools::{Tool, Toolbox},
-    workloads::{Durations, Workload},
-};
 use crate::{
-    demo,
-    util::{self, header, is_root, try_output},
+    machine::Machine,
+    provenance, report,
+    results::{self, Collected, Results, ToolResult, WorkloadInfo},
+    scale, session,
+    tools::{Tool, Toolbox},
+    workloads::{self, Durations, Workload},
 };
 
-/// Options of `cargo xtask bench`.
+/// Options of the comparison.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Install and prepare the peer tools (apt packages, kernel headers for BCC, tracefs),
-    /// then exit
-    #[arg(long)]
-    pub setup_peers: bool,
+pub struct CompareArgs {
     /// A smoke run (about 30 s, most of it leakbpf detaching): 1 repetition, short
     /// loops, only baseline, leakbpf and floor, no scale test
     #[arg(long, visible_alias = "smoke")]
     pub quick: bool,
     /// Repetitions of every run (5 by default, 1 with --quick)
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, visible_alias = "repetitions", value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: Option<u32>,
     /// Only these tools, comma-separated (baseline is always run): baseline, leakbpf,
     /// floor, memleak, bpftrace, heaptrack, valgrind
@@ -64,21 +43,7 @@ pub struct BenchArgs {
     /// Offered load of the production view, in chat messages per second
     #[arg(long, default_value_t = 20_000.0)]
     pub rate: f64,
-    /// Instead of the comparison: run every fuzz target (fuzz/, cargo-fuzz on nightly)
-    /// for SECS seconds each; fails on a crash
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..),
-          conflicts_with_all = COMPARISON)]
-    pub fuzz: Option<u64>,
-    /// Instead of the comparison: the chat-server demo under leakbpf for MINUTES (10
-    /// when not given) at full load; fails unless the agent's RSS and call sites stay
-    /// flat and the final figures match the target's own
-    #[arg(long, value_name = "MINUTES", num_args = 0..=1, default_missing_value = "10",
-          value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = COMPARISON)]
-    pub soak: Option<u64>,
 }
-
-/// The options of the comparison, which `--fuzz` and `--soak` replace.
-const COMPARISON: [&str; 5] = ["setup_peers", "quick", "reps", "tools", "no_scale"];
 
 /// Before another attempt at a failed run: a peer's attach can fail while another
 /// tracer holds a uprobe at the same place (BCC, see docs/benchmarks.md).
@@ -99,16 +64,9 @@ const QUICK: Durations = Durations {
     rate: 0.0,
 };
 
-/// `cargo xtask bench [--setup-peers | --quick | ...]`. Results go to target/bench and,
-/// for a full run of every tool, into docs/benchmarks.md.
-pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
-    if args.setup_peers {
-        return peers::setup();
-    }
-    if args.fuzz.is_some() || args.soak.is_some() {
-        return robustness(root, args);
-    }
-    require_root()?;
+/// The comparison of `agent` and the peers. Results go to target/bench and, for a full
+/// run of every tool, into docs/benchmarks.md.
+pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
     let started = Instant::now();
     let tools = chosen_tools(args)?;
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 }) as usize;
@@ -116,19 +74,17 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         rate: args.rate,
         ..if args.quick { QUICK } else { FULL }
     };
-    let out = util::target_dir(root).join("bench");
+    let out = devutil::target_dir(root).join("bench");
     let runs = out.join("runs");
     if runs.exists() {
         fs::remove_dir_all(&runs).with_context(|| format!("cannot clear {}", runs.display()))?;
     }
 
-    header("build leakbpf");
-    let agent = demo::build_agent(root)?;
     let binaries = workloads::build(root, &out.join("bin"))?;
     let toolbox = Toolbox {
-        agent: agent.clone(),
-        bpftrace_script: root.join("xtask/bench/leaks.bt"),
-        memleak_shim: root.join("xtask/bench/memleak_shim.py"),
+        agent: agent.to_owned(),
+        bpftrace_script: root.join("leakbpf-bench/peers/leaks.bt"),
+        memleak_shim: root.join("leakbpf-bench/peers/memleak_shim.py"),
     };
     let not_run: BTreeMap<&str, String> = tools
         .iter()
@@ -165,19 +121,19 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let (agent_scale, agent_scale_note) = if args.quick || args.no_scale {
         (None, Some("skipped (--quick or --no-scale)".to_owned()))
     } else {
-        scale_test(&agent, &binaries, &runs.join("scale"))
+        scale_test(agent, &binaries, &runs.join("scale"))
     };
 
     let tool_results = summarise(&tools, &collected, &not_run, &toolbox);
     let targets = results::check_targets(&tool_results, agent_scale.as_ref());
     let results = Results {
         schema_version: 1,
-        command: command_line(),
-        date_utc: date_utc(),
+        command: provenance::command_line(),
+        date_utc: provenance::date_utc(),
         quick: args.quick,
         repetitions: reps,
         machine: Machine::detect(),
-        leakbpf_commit: commit(root),
+        leakbpf_commit: provenance::commit(root),
         offered_load_msgs_per_s: durations.rate,
         other_cpu_per_s: collected.other_cpu(),
         workloads: workload_infos(&binaries, &durations),
@@ -191,28 +147,6 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let docs = !args.quick && args.tools.is_empty() && !args.no_scale;
     report::publish(root, &out, &results, docs)?;
     println!("bench finished in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn require_root() -> Result<()> {
-    if !is_root() {
-        bail!(
-            "cargo xtask bench needs root: the tools load eBPF programs and the bench reads \
-             their /proc entries; run it as root"
-        );
-    }
-    Ok(())
-}
-
-/// `--fuzz` (no root needed), then `--soak`.
-fn robustness(root: &Path, args: &BenchArgs) -> Result<()> {
-    if let Some(seconds) = args.fuzz {
-        fuzz::run(root, seconds)?;
-    }
-    if let Some(minutes) = args.soak {
-        require_root()?;
-        soak::run(root, minutes)?;
-    }
     Ok(())
 }
 
@@ -287,7 +221,7 @@ impl Run<'_> {
     }
 }
 
-fn chosen_tools(args: &BenchArgs) -> Result<Vec<Tool>> {
+fn chosen_tools(args: &CompareArgs) -> Result<Vec<Tool>> {
     let all: &[Tool] = if args.quick { &Tool::QUICK } else { &Tool::ALL };
     if args.tools.is_empty() {
         return Ok(all.to_vec());
@@ -362,31 +296,4 @@ fn summarise(
                 .collect(),
         })
         .collect()
-}
-
-/// `cargo xtask bench ARGS` as invoked.
-fn command_line() -> String {
-    let args: Vec<String> = env::args().skip(1).collect();
-    format!("cargo xtask {}", args.join(" "))
-}
-
-/// Now, UTC, to the minute.
-fn date_utc() -> String {
-    try_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M"])).unwrap_or_default()
-}
-
-/// The commit the agent was built from (`-dirty` with local changes to it).
-fn commit(root: &Path) -> Option<String> {
-    let git = |args: &[&str]| try_output(Command::new("git").current_dir(root).args(args));
-    let hash = git(&["rev-parse", "--short", "HEAD"])?;
-    let dirty = git(&[
-        "status",
-        "--porcelain",
-        "--",
-        "leakbpf",
-        "leakbpf-ebpf",
-        "leakbpf-common",
-    ])
-    .is_some_and(|s| !s.is_empty());
-    Some(if dirty { format!("{hash}-dirty") } else { hash })
 }

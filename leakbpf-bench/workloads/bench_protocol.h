@@ -1,4 +1,4 @@
-/* The bench protocol shared by the workloads (see xtask/src/bench/workloads.rs):
+/* The bench protocol shared by the workloads (see leakbpf-bench/src/workloads.rs):
  *
  *   workload prints "ready PID", waits for a line on stdin ("go"), runs its timed loop,
  *   prints "KEY VALUE" lines with its own measurements and "done", then waits for EOF on

@@ -4,9 +4,9 @@ use std::{collections::BTreeMap, fs, path::Path, process::Command, time::Duratio
 
 use anyhow::{Context, Result};
 
-use super::{
+use crate::{
     process::{self, WorkloadProc},
-    procfs,
+    procinfo,
     tools::{Mode, Tool, Toolbox},
 };
 
@@ -81,11 +81,11 @@ pub fn measure(
         None => None,
     };
     let target = workload.pid;
-    let agent_usage = || agent_root.and_then(|root| procfs::tree_usage(root, target));
+    let agent_usage = || agent_root.and_then(|root| procinfo::tree_usage(root, target));
 
     let agent_before = agent_usage();
-    let busy_before = procfs::machine_busy_seconds()?;
-    let cpu_before = procfs::cpu_seconds(target)?;
+    let busy_before = procinfo::machine_busy_seconds()?;
+    let cpu_before = procinfo::cpu_seconds(target)?;
     let started = std::time::Instant::now();
     workload.go()?;
     let limit = Duration::from_secs_f64(loop_s) + LOOP_SLACK;
@@ -93,9 +93,9 @@ pub fn measure(
         .results(limit, &workload_log)
         .context("the workload did not finish its timed loop")?;
     let wall = started.elapsed().as_secs_f64();
-    let cpu_after = procfs::cpu_seconds(target)?;
+    let cpu_after = procinfo::cpu_seconds(target)?;
     let agent_after = agent_usage();
-    let busy_after = procfs::machine_busy_seconds()?;
+    let busy_after = procinfo::machine_busy_seconds()?;
 
     if let Some(mut proc) = agent {
         // leakbpf's detach takes about 2 s: the kernel waits ~100 ms per uprobe.

@@ -1,5 +1,6 @@
-//! The programs the bench measures: their sources in `xtask/bench/`, how they are built,
-//! and how each is run. Every one follows the protocol of `xtask/bench/bench_protocol.h`.
+//! The programs the bench measures: their sources in `leakbpf-bench/workloads/`, how they
+//! are built, and how each is run. Every one follows the protocol of
+//! `leakbpf-bench/workloads/bench_protocol.h`.
 
 use std::{
     fs,
@@ -9,8 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-
-use crate::util::{self, header};
+use devutil::header;
 
 /// The compilers' flags: frame pointers (every stack-walking tool needs them) and no
 /// sibling calls, like tests/targets.
@@ -22,7 +22,7 @@ const COMMON_FLAGS: &[&str] = &[
     "-Wextra",
 ];
 
-/// One program: its source under `xtask/bench/`, compiler and optimisation level.
+/// One program: its source under `leakbpf-bench/workloads/`, compiler and optimisation level.
 struct Program {
     name: &'static str,
     source: &'static str,
@@ -32,7 +32,8 @@ struct Program {
     includes: &'static [&'static str],
 }
 
-const PROTOCOL: &str = "xtask/bench/bench_protocol.h";
+const SOURCES: &str = "leakbpf-bench/workloads";
+const PROTOCOL: &str = "leakbpf-bench/workloads/bench_protocol.h";
 const CHAT_SERVER: &str = "tests/targets/chat_server.cpp";
 
 const PROGRAMS: &[Program] = &[
@@ -178,7 +179,7 @@ impl Binaries {
 pub fn build(root: &Path, out: &Path) -> Result<Binaries> {
     header("build the bench workloads");
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let sources = root.join("xtask/bench");
+    let sources = root.join(SOURCES);
     for program in PROGRAMS {
         let source = sources.join(program.source);
         let binary = out.join(program.name);
@@ -197,8 +198,8 @@ pub fn build(root: &Path, out: &Path) -> Result<Binaries> {
             .arg("-o")
             .arg(&binary)
             .arg(&source);
-        println!("{}", util::describe(&cmd));
-        util::run(&mut cmd)?;
+        println!("{}", devutil::describe(&cmd));
+        devutil::run(&mut cmd)?;
     }
     Ok(Binaries {
         dir: out.to_owned(),

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, fs, path::Path};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{
+use crate::{
     results::{Results, ToolResult, WorkloadResult, num},
     stats::Summary,
     workloads::Workload,
@@ -228,7 +228,7 @@ fn scale_table(md: &mut String, results: &Results) {
     let _ = writeln!(
         md,
         "Agent at scale: `{}` on {} outstanding allocations over {} distinct stacks \
-         (xtask/bench/stacks.c).\n\n\
+         (leakbpf-bench/workloads/stacks.c).\n\n\
          | allocating under leakbpf | drain-and-report cycle, agent CPU s | agent peak RSS MB \
          | outstanding_allocations | dropped_allocations | call sites |\n\
          |--:|--:|--:|--:|--:|--:|\n\
@@ -347,4 +347,43 @@ fn update_docs(path: &Path, doc: &DocBlock, md: &str) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: DocBlock = DocBlock {
+        file: "docs/x.md",
+        name: "x-results",
+        title: "X",
+    };
+
+    #[test]
+    fn the_results_replace_what_is_between_the_markers_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs/x.md");
+        // No file yet: created with its title.
+        update_docs(&path, &DOC, "first\n").unwrap();
+        let begin = "<!-- x-results:begin (written by `cargo xtask bench`) -->";
+        let end = "<!-- x-results:end -->";
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("# X\n\n{begin}\nfirst\n{end}\n")
+        );
+        // Text around the block stays as it is.
+        fs::write(&path, format!("intro\n{begin}\nold\n{end}\noutro\n")).unwrap();
+        update_docs(&path, &DOC, "second\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("intro\n{begin}\nsecond\n{end}\noutro\n")
+        );
+        // A file without the markers gets the block at its end.
+        fs::write(&path, "notes\n\n").unwrap();
+        update_docs(&path, &DOC, "third\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("notes\n\n{begin}\nthird\n{end}\n")
+        );
+    }
 }

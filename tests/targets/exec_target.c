@@ -2,18 +2,20 @@
  * exec_target: leaks, then execs, and leaks again as a new image in the same process.
  * After an exec only the new image's blocks exist: the old image's memory is gone.
  *
- *   exec_target [--wait] [--pause-ms MS] [--then-static] [--exit-when-probed] [--rounds N]
- *   exec_target --after-exec [--wait] [--pause-ms MS] [--exit-when-probed] [--rounds N]
+ *   exec_target [--wait] [--pause] [--then-static] [--exit-when-probed] [--rounds N]
+ *   exec_target --after-exec [--wait] [--pause] [--exit-when-probed] [--rounds N]
  *
  * Before the exec: 8 blocks of 50000 bytes at leak_before_exec, a churn (all freed), its
- * truth line (with its pid), then a pause of MS milliseconds (0), so that reports can
- * show the leak, then it execs itself as `--after-exec`; with --then-static it execs
- * exec_target_static, this program linked statically (gcc -static: its malloc is in the
- * executable), which it finds next to itself.
- * After the exec: the same pause first (leakbpf misses what a new image allocates before
- * it has attached to its allocator, a static executable's own malloc: that takes it
- * milliseconds), then 9 blocks of 333 bytes at leak_after_exec, a churn (all freed), its
- * truth line (with the same pid) and churn line, "done"; with --wait, then EOF on stdin.
+ * truth line (with its pid); with --pause, then "paused" and a line on stdin (the test
+ * waits meanwhile for a report that shows the leak); then it execs itself as
+ * `--after-exec`; with --then-static it execs exec_target_static, this program linked
+ * statically (gcc -static: its malloc is in the executable), which it finds next to
+ * itself.
+ * After the exec: with --pause, "paused" and a line on stdin first (leakbpf misses what
+ * a new image allocates before it has attached to its allocator, a static executable's
+ * own malloc: the test waits for that); then 9 blocks of 333 bytes at leak_after_exec, a
+ * churn (all freed), its truth line (with the same pid) and churn line, "done"; with
+ * --wait, then EOF on stdin.
  * With --exit-when-probed (and --then-static: a tracer probes the static image only once
  * it is running, while a C library's probes are in before main), the new image then
  * waits until a tracer's first uprobe is in its allocation functions (a breakpoint
@@ -54,6 +56,19 @@ static void pause_us(unsigned long us) {
     }
 }
 
+/* With --pause: "paused", then one line on stdin. */
+static void pause_for_a_line(int pause) {
+    if (!pause)
+        return;
+    printf("paused\n");
+    fflush(stdout);
+    char line[256];
+    if (fgets(line, sizeof line, stdin) == NULL) {
+        fprintf(stderr, "exec_target: stdin closed while paused\n");
+        exit(1);
+    }
+}
+
 /* The first bytes of the allocation functions, where uprobes write their breakpoints. */
 #define WATCHED_BYTES 64
 typedef void (*function)(void);
@@ -87,17 +102,17 @@ static void await_probe(unsigned char before[WATCHED][WATCHED_BYTES]) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: exec_target [--wait] [--pause-ms MS] [--then-static] "
+    fprintf(stderr, "usage: exec_target [--wait] [--pause] [--then-static] "
                     "[--exit-when-probed] [--rounds N]\n"
-                    "       exec_target --after-exec [--wait] [--pause-ms MS] "
+                    "       exec_target --after-exec [--wait] [--pause] "
                     "[--exit-when-probed] [--rounds N]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    int wait = 0, after = 0, then_static = 0, exit_when_probed = 0;
-    unsigned long pause = 0, rounds = 20000;
-    char rounds_text[32], pause_text[32];
+    int wait = 0, after = 0, then_static = 0, exit_when_probed = 0, pause = 0;
+    unsigned long rounds = 20000;
+    char rounds_text[32];
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--wait") == 0)
             wait = 1;
@@ -107,8 +122,8 @@ int main(int argc, char **argv) {
             then_static = 1;
         else if (strcmp(argv[i], "--exit-when-probed") == 0)
             exit_when_probed = 1;
-        else if (strcmp(argv[i], "--pause-ms") == 0 && i + 1 < argc)
-            pause = strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--pause") == 0)
+            pause = 1;
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
             rounds = strtoul(argv[++i], NULL, 10);
         else
@@ -119,7 +134,7 @@ int main(int argc, char **argv) {
         /* Before any probe can be there: the tracer learns of the exec only now. */
         static unsigned char unprobed[WATCHED][WATCHED_BYTES];
         read_watched(unprobed);
-        pause_us(pause * 1000);
+        pause_for_a_line(pause);
         struct truth t = {"leak_after_exec", 0, 0};
         leak_after_exec(&t);
         churn(rounds);
@@ -138,12 +153,12 @@ int main(int argc, char **argv) {
     leak_before_exec(&t);
     churn(rounds);
     print_process_truth(&t);
-    pause_us(pause * 1000);
+    pause_for_a_line(pause);
     snprintf(rounds_text, sizeof rounds_text, "%lu", rounds);
-    snprintf(pause_text, sizeof pause_text, "%lu", pause);
-    char *next[9] = {"exec_target", "--after-exec", "--rounds", rounds_text, "--pause-ms",
-                     pause_text};
-    int n = 6;
+    char *next[8] = {"exec_target", "--after-exec", "--rounds", rounds_text};
+    int n = 4;
+    if (pause)
+        next[n++] = "--pause";
     if (wait)
         next[n++] = "--wait";
     if (exit_when_probed)

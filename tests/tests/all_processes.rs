@@ -7,14 +7,14 @@
 
 use std::{
     collections::BTreeSet,
+    process::Command,
     sync::{Mutex, MutexGuard},
-    thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use leakbpf_tests::{
-    Agent, BIG_LEAKER, KernelObjects, Report, START_UP_ALLOCATIONS, Target, Truth, check_reports,
-    reports_of, require_root, sum,
+    Agent, BIG_LEAKER, KernelObjects, Report, START_UP_ALLOCATIONS, Target, Truth, final_report_of,
+    require_root, sum,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -54,13 +54,31 @@ impl Leakers {
         }
         self.truths = self
             .targets
-            .iter_mut()
+            .iter()
             .map(|target| target.read_until_done().truth("leak_big").clone())
             .collect();
     }
 
     fn pid(&self, index: usize) -> u32 {
         self.targets[index].pid()
+    }
+
+    /// Whether `report` is about one of them and shows its whole leak.
+    fn shows_a_leak(&self, report: &Report) -> Option<usize> {
+        (0..self.targets.len()).find(|&index| {
+            let truth = &self.truths[index];
+            report.pid == self.pid(index)
+                && report.outstanding_at("leak_big") == (truth.bytes, truth.count)
+        })
+    }
+
+    /// Waits until leakbpf has reported on each of them with its whole leak.
+    fn wait_until_reported(&self, agent: &Agent) {
+        let mut seen = BTreeSet::new();
+        agent.wait_for_report("a report on each leaker with its whole leak", |report| {
+            seen.extend(self.shows_a_leak(report));
+            seen.len() == self.targets.len()
+        });
     }
 
     fn finish(&mut self) {
@@ -72,143 +90,111 @@ impl Leakers {
 
 /// `leakbpf --all ARGS`, attached.
 fn attach_all(args: &[&str]) -> Agent {
-    let mut agent = Agent::spawn(LEAKBPF, ["--all"].iter().chain(args));
+    let agent = Agent::spawn(LEAKBPF, ["--all"].iter().chain(args));
     agent.wait_attached();
     agent
 }
 
-/// Milliseconds since the epoch of an RFC 3339 UTC timestamp with milliseconds, as
-/// reports write them (`2026-11-25T10:33:07.412Z`).
-fn timestamp_ms(text: &str) -> i64 {
-    let number = |range: std::ops::Range<usize>| -> i64 {
-        text.get(range)
-            .and_then(|digits| digits.parse().ok())
-            .unwrap_or_else(|| panic!("not a timestamp: {text:?}"))
-    };
-    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
-    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    let seconds = days * 86_400 + number(11..13) * 3600 + number(14..16) * 60 + number(17..19);
-    seconds * 1000 + number(20..23)
+/// Follows a run's reports, one after the other, and counts the intervals that report on
+/// exactly the top three leakers, largest first, each with its whole leak.
+#[derive(Default)]
+struct TopThree {
+    /// Which of them the next report must be about to go on with an interval.
+    next: usize,
+    intervals: usize,
 }
 
-fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970");
-    i64::try_from(since.as_millis()).expect("a plausible time")
-}
-
-/// The reports grouped by interval: an interval's reports are written together, the
-/// next ones an interval later. Reports less than `gap_ms` apart are one interval's.
-fn intervals(reports: &[Report], gap_ms: i64) -> Vec<&[Report]> {
-    let mut groups = Vec::new();
-    let mut start = 0;
-    for index in 1..=reports.len() {
-        if index == reports.len()
-            || timestamp_ms(&reports[index].timestamp) - timestamp_ms(&reports[index - 1].timestamp)
-                >= gap_ms
-        {
-            groups.push(&reports[start..index]);
-            start = index;
+impl TopThree {
+    /// Takes the next report; returns whether it ended such an interval.
+    fn take(&mut self, leakers: &Leakers, report: &Report) -> bool {
+        let about = leakers.shows_a_leak(report);
+        self.next = match about {
+            Some(index) if index == self.next => index + 1,
+            Some(0) => 1,
+            _ => 0,
+        };
+        let ended = self.next == 3;
+        if ended {
+            self.next = 0;
+            self.intervals += 1;
         }
+        ended
     }
-    groups
-}
-
-fn describe(interval: &[Report]) -> String {
-    interval.iter().map(Report::describe).collect()
 }
 
 #[test]
 fn the_top_processes_are_reported_each_interval_with_their_own_figures() {
     require_root();
     let _alone = one_run_at_a_time();
-    // 1.6 GB, 1.2 GB and 800 MB: the top three; 400 MB: fourth.
-    let mut leakers = Leakers::start(&[400, 300, 200, 100]);
+    // 4 GB, 3.6 GB and 3.2 GB of address space: the top three, far above what any other
+    // process on the machine allocates meanwhile; 2.8 GB: fourth.
+    let blocks = [1000, 900, 800, 700];
+    let mut leakers = Leakers::start(&blocks);
     let agent = attach_all(&[
         "--format",
         "json",
         "--interval",
         "500ms",
-        "--count",
-        "8",
         "--top-processes",
         "3",
     ]);
     leakers.leak();
-    let leaked_ms = now_ms();
+    let mut top_three = TopThree::default();
+    agent.wait_for_report("two intervals on the top three leakers", |report| {
+        top_three.take(&leakers, report);
+        top_three.intervals == 2
+    });
+    agent.signal(libc::SIGINT);
     let finished = agent.wait();
     finished.assert_success();
     leakers.finish();
     let reports = finished.reports();
-    let top: BTreeSet<u32> = (0..3).map(|index| leakers.pid(index)).collect();
 
-    let intervals = intervals(&reports, 250);
-    assert!(
-        !intervals.is_empty() && intervals.len() <= 8,
-        "--count 8 makes 8 intervals of reports, not {}",
-        intervals.len()
-    );
-    for interval in &intervals {
-        let pids: BTreeSet<u32> = interval.iter().map(|report| report.pid).collect();
-        assert!(
-            interval.len() <= 3 && pids.len() == interval.len(),
-            "at most 3 processes an interval, each once:\n{}",
-            describe(interval)
-        );
-    }
-    // Once they have leaked (an interval after, so the drain came after it too), the
-    // top three are exactly the three largest leakers, and the fourth is not reported.
-    let settled: Vec<&&[Report]> = intervals
+    // Once an interval has reported on the top three with their whole leaks (the fourth
+    // cannot hold more than the third from then on), every interval reports on exactly
+    // them, largest first, each once, with its whole leak; the final interval too.
+    let mut top_three = TopThree::default();
+    let settled = reports
         .iter()
-        .filter(|interval| timestamp_ms(&interval[0].timestamp) >= leaked_ms + 500)
-        .collect();
+        .position(|report| top_three.take(&leakers, report))
+        .expect("an interval on the top three");
+    let after = &reports[settled + 1..];
+    let describe = || after.iter().map(Report::describe).collect::<String>();
     assert!(
-        settled.len() >= 2,
-        "{} intervals after the leaks: leakbpf stopped too early?",
-        settled.len()
+        after.len() >= 3 * 2 && after.len().is_multiple_of(3),
+        "{} reports after the first interval on the top three: not whole intervals of \
+         three:\n{}",
+        after.len(),
+        describe()
     );
-    for interval in settled {
-        let pids: BTreeSet<u32> = interval.iter().map(|report| report.pid).collect();
+    for interval in after.chunks(3) {
+        let ended = interval
+            .iter()
+            .filter(|report| top_three.take(&leakers, report))
+            .count();
         assert_eq!(
-            pids,
-            top,
-            "the three processes holding the most (not the fourth, pid {}):\n{}",
+            ended,
+            1,
+            "each interval: the three processes holding the most, largest first, each with \
+             its whole leak (not the fourth, pid {}):\n{}",
             leakers.pid(3),
-            describe(interval)
+            describe()
         );
     }
-    let last = intervals.last().expect("not empty");
+    let (earlier, last) = after.split_at(after.len() - 3);
     assert!(
-        last.iter().all(|report| report.is_final),
-        "the last interval's reports are final:\n{}",
-        describe(last)
+        last.iter().all(|report| report.is_final) && earlier.iter().all(|report| !report.is_final),
+        "the last interval's reports, and only they, are final:\n{}",
+        describe()
     );
 
     // Each one's figures are its own: its leak exactly, and its counters (it allocated
     // nothing else after attach, and freed nothing).
     for (index, truth) in leakers.truths.iter().enumerate().take(3) {
-        let pid = leakers.pid(index);
-        let own = reports_of(&reports, pid);
-        let report = check_reports(&own, pid);
-        assert_eq!(truth.bytes, u64::from([400u32, 300, 200][index]) << 22);
+        let report = final_report_of(&reports, leakers.pid(index));
+        assert_eq!(truth.bytes, u64::from(blocks[index]) << 22);
         assert_eq!(
-            report.outstanding_at("leak_big"),
-            (truth.bytes, truth.count),
-            "(bytes, allocations) at leak_big:\n{}",
-            report.describe()
-        );
-        assert_eq!(
-            (
-                report.totals.outstanding_bytes,
-                report.totals.outstanding_allocations
-            ),
+            report.outstanding(),
             (truth.bytes, truth.count),
             "attached after its start-up, it holds exactly its leak:\n{}",
             report.describe()
@@ -239,9 +225,8 @@ fn a_process_started_after_attach_is_traced() {
     // Started after the attach: it maps the C library only now.
     let mut leakers = Leakers::start(&[250]);
     leakers.leak();
-    // A few intervals with it, then the final reports.
-    thread::sleep(Duration::from_millis(1200));
-    leakbpf_tests::signal(agent.pid(), libc::SIGINT);
+    leakers.wait_until_reported(&agent);
+    agent.signal(libc::SIGINT);
     let finished = agent.wait();
     finished.assert_success();
     leakers.finish();
@@ -250,9 +235,7 @@ fn a_process_started_after_attach_is_traced() {
         reports.iter().all(|report| report.pid != agent_pid),
         "leakbpf (pid {agent_pid}) reported on itself: its own allocations are not traced"
     );
-    let pid = leakers.pid(0);
-    let own = reports_of(&reports, pid);
-    let report = check_reports(&own, pid);
+    let report = final_report_of(&reports, leakers.pid(0));
     let truth = &leakers.truths[0];
     assert_eq!(
         report.outstanding_at("leak_big"),
@@ -273,16 +256,25 @@ fn a_process_started_after_attach_is_traced() {
 fn the_c_library_is_probed_once_however_many_processes_use_it() {
     require_root();
     let _alone = one_run_at_a_time();
-    let agent = attach_all(&["--format", "json", "--interval", "300ms"]);
+    let agent = attach_all(&[
+        "--format",
+        "json",
+        "--interval",
+        "300ms",
+        "--top-processes",
+        "1000",
+    ]);
     let before = KernelObjects::of(agent.pid()).links;
     // New processes that allocate through the C library, and nothing else: leakbpf has
     // probed it in every process already.
     let mut leakers = Leakers::start(&[1, 1, 1, 1]);
     leakers.leak();
-    thread::sleep(Duration::from_millis(900));
+    // Reported on: leakbpf has seen each of them, and done whatever it does for a new
+    // process.
+    leakers.wait_until_reported(&agent);
     let after = KernelObjects::of(agent.pid()).links;
     leakers.finish();
-    leakbpf_tests::signal(agent.pid(), libc::SIGINT);
+    agent.signal(libc::SIGINT);
     let finished = agent.wait();
     finished.assert_success();
     assert_eq!(
@@ -305,17 +297,17 @@ fn short_lived_processes_do_not_end_the_run() {
     // Thousands of processes come and go on a real system: some are gone before leakbpf
     // is done looking at them (their maps read, their objects opened through
     // /proc/PID/root).
-    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let until = Instant::now() + Duration::from_secs(4);
     let mut started = 0;
-    while std::time::Instant::now() < until {
-        let status = std::process::Command::new("sleep")
+    while Instant::now() < until {
+        let status = Command::new("sleep")
             .arg("0.003")
             .status()
             .expect("cannot run sleep");
         assert!(status.success());
         started += 1;
     }
-    leakbpf_tests::signal(agent.pid(), libc::SIGINT);
+    agent.signal(libc::SIGINT);
     let finished = agent.wait();
     assert!(
         finished.status.success(),
@@ -342,16 +334,29 @@ fn words(line: &str) -> Vec<&str> {
 fn the_table_starts_each_interval_with_a_summary_of_the_top_processes() {
     require_root();
     let _alone = one_run_at_a_time();
-    let mut leakers = Leakers::start(&[300, 200]);
-    let agent = attach_all(&[
-        "--interval",
-        "500ms",
-        "--count",
-        "4",
-        "--top-processes",
-        "3",
-    ]);
+    let mut leakers = Leakers::start(&[1000, 900]);
+    let agent = attach_all(&["--interval", "500ms", "--top-processes", "3"]);
     leakers.leak();
+    let is_header = |line: &str| line.starts_with("leakbpf report #");
+    // Each leaker's whole leak in a summary, then its report.
+    let mut summarized = BTreeSet::new();
+    let mut reported = BTreeSet::new();
+    agent.wait_for_stdout("each leaker in a summary, then its report", |line| {
+        let words = words(line);
+        for (index, truth) in leakers.truths.iter().enumerate() {
+            let pid = leakers.pid(index).to_string();
+            if !words.contains(&pid.as_str()) {
+                continue;
+            }
+            if !is_header(line) && words.contains(&truth.bytes.to_string().as_str()) {
+                summarized.insert(index);
+            } else if is_header(line) && summarized.contains(&index) {
+                reported.insert(index);
+            }
+        }
+        reported.len() == leakers.truths.len()
+    });
+    agent.signal(libc::SIGINT);
     let finished = agent.wait();
     finished.assert_success();
     leakers.finish();
@@ -361,7 +366,6 @@ fn the_table_starts_each_interval_with_a_summary_of_the_top_processes() {
         "the default format is a table:\n{table}"
     );
     let lines: Vec<&str> = table.lines().collect();
-    let is_header = |line: &str| line.starts_with("leakbpf report #");
     let first_header = lines
         .iter()
         .position(|line| is_header(line))

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use leakbpf_tests::{
-    BROKEN_ELF, Frame, assert_churn_freed, assert_churn_frees_counted, assert_nothing_dropped,
-    require_root, trace_pid_with_env,
+    BROKEN_ELF, Frame, Traced, assert_churn_freed, assert_churn_frees_counted,
+    assert_nothing_dropped, require_root, trace,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -46,8 +46,9 @@ fn check(how: &str, named: Named) {
         .parent()
         .and_then(Path::to_str)
         .expect("a UTF-8 directory");
-    let run = trace_pid_with_env(
+    let run = trace(
         LEAKBPF,
+        Traced::ByPid,
         BROKEN_ELF,
         &[],
         &["--top", "1000"],
@@ -69,13 +70,7 @@ fn check(how: &str, named: Named) {
         "(bytes, allocations) of the leak:\n{}",
         report.describe()
     );
-    assert_eq!(
-        (
-            report.totals.outstanding_bytes,
-            report.totals.outstanding_allocations
-        ),
-        (truth.bytes, truth.count)
-    );
+    assert_eq!(report.outstanding(), (truth.bytes, truth.count));
 
     let first = &site.frames[0];
     assert_eq!(

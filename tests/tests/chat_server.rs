@@ -1,18 +1,23 @@
 //! The demo's leak: every join leaks one EventCallback, allocated at
 //! EventManager::subscribe <- ChatRoom::addUser <- Server::handleJoin.
 
-use leakbpf_tests::{CHAT_SERVER, Report, Truth, require_root, trace_pid, trace_spawn};
+use leakbpf_tests::{
+    CHAT_SERVER, Report, TargetOutput, Truth, require_root, trace_pid, trace_spawn,
+};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
-fn subscribe_truth(truth: &leakbpf_tests::TargetOutput) -> &Truth {
+fn subscribe_truth(truth: &TargetOutput) -> &Truth {
     truth.truth("EventManager::subscribe")
 }
 
 /// The report shows the leak at its stack, with exactly the target's figures, on top.
 fn assert_leak_reported(report: &Report, truth: &Truth) {
-    let joins = truth.extra_u64("joins");
-    let size = truth.extra_u64("sizeof");
+    let joins = truth.joins.expect("chat_server's truth has its joins");
+    let size = truth
+        .sizeof
+        .expect("chat_server's truth has the callback's size");
+    assert_eq!(truth.fixed, Some(false), "{truth:?}");
     assert!(joins > 0, "the target did no joins: {truth:?}");
     // The target's own account: the bug leaks one callback per join.
     assert_eq!(
@@ -95,7 +100,8 @@ fn fixed_chat_server_leaks_nothing_at_subscribe() {
     );
     let report = run.final_report();
     let truth = subscribe_truth(&run.truth);
-    let joins = truth.extra_u64("joins");
+    let joins = truth.joins.expect("chat_server's truth has its joins");
+    assert_eq!(truth.fixed, Some(true), "{truth:?}");
     assert_eq!(
         (truth.count, truth.bytes),
         (0, 0),

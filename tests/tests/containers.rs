@@ -7,30 +7,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use leakbpf_tests::{LEAKER, assert_churn_freed, require_root, trace_pid};
+use leakbpf_tests::{LEAKER, Target, assert_churn_freed, require_root, trace_pid};
+use tempfile::TempDir;
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 const HOST_LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
-/// A scratch directory removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    /// A new directory under the system's temporary one, unique to this call.
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory, removed at the end.
+fn scratch() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("leakbpf-ns.")
+        .tempdir()
+        .expect("a temporary directory")
 }
 
 /// A script that runs the leaker in a new mount namespace where a copy of libc is bind
@@ -67,8 +55,8 @@ fn mapped_libc_inode(pid: u32) -> u64 {
 #[test]
 fn a_process_with_its_own_libc_file_is_probed_in_that_file() {
     require_root();
-    let scratch = Scratch::new("leakbpf-ns");
-    let script = namespaced_leaker(&scratch.0);
+    let scratch = scratch();
+    let script = namespaced_leaker(scratch.path());
 
     let run = trace_pid(LEAKBPF, script.to_str().unwrap(), &[], &["--top", "1000"]);
     let report = run.final_report();
@@ -95,9 +83,9 @@ fn a_process_with_its_own_libc_file_is_probed_in_that_file() {
 fn the_namespace_really_swaps_the_libc_file() {
     // Guards the test above: if the bind mount did nothing, it would prove nothing.
     require_root();
-    let scratch = Scratch::new("leakbpf-ns");
-    let script = namespaced_leaker(&scratch.0);
-    let target = leakbpf_tests::Target::start(&script, &[]);
+    let scratch = scratch();
+    let script = namespaced_leaker(scratch.path());
+    let target = Target::start(&script, &[]);
     let host = fs::metadata(HOST_LIBC).expect("host libc").ino();
     assert_ne!(mapped_libc_inode(target.pid()), host);
 }

@@ -1,39 +1,34 @@
 //! Bad input ends in one `leakbpf: error:` line and a non-zero exit, never a panic.
 
-use std::{
-    fs,
-    os::unix::fs::PermissionsExt,
-    process::{Child, Command},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs, os::unix::fs::PermissionsExt, process::Command, thread};
 
-use leakbpf_tests::{Agent, Finished, TempDir, check_reports, find_program, require_root};
+use leakbpf_tests::{Agent, Finished, LEAKER, Target, check_reports, find_program, require_root};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
-/// A process to point --pid at, killed on drop.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn start(seconds: &str) -> Self {
-        Self(
-            Command::new("sleep")
-                .arg(seconds)
-                .spawn()
-                .expect("cannot start sleep"),
-        )
-    }
-
-    fn pid(&self) -> String {
-        self.0.id().to_string()
-    }
+/// A live process to point --pid at (killed on drop), as its pid.
+fn live_process() -> (Target, String) {
+    let target = Target::start(LEAKER, &[]);
+    let pid = target.pid().to_string();
+    (target, pid)
 }
 
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Waits until `child` has exited, without reaping it: a zombie.
+fn wait_until_zombie(child: &std::process::Child) {
+    let pid = libc::id_t::from(child.id());
+    // SAFETY: siginfo_t is plain data, for which zeroes are a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a valid siginfo_t for waitid to fill; WNOWAIT leaves the
+        // child unreaped, so its pid stays its own until `child.wait()`.
+        let waited =
+            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let error = std::io::Error::last_os_error();
+        match waited {
+            0 => return,
+            _ if error.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => panic!("waitid for {pid}: {error}"),
+        }
     }
 }
 
@@ -65,15 +60,13 @@ fn pid_of_a_zombie() {
     let mut child = Command::new("true").spawn().expect("cannot start true");
     let pid = child.id().to_string();
     // Exited but not reaped: /proc/PID is there, with no memory map.
-    let stat = format!("/proc/{pid}/stat");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fs::read_to_string(&stat).is_ok_and(|text| {
-        text.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    }) {
-        assert!(Instant::now() < deadline, "`true` did not exit");
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_zombie(&child);
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("a zombie's stat");
+    assert!(
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        "not a zombie: {stat}"
+    );
     let finished = run(&["--pid", &pid, "--format", "json"]);
     let _ = child.wait();
     assert_clean_outcome(&finished, &pid);
@@ -99,8 +92,8 @@ fn pid_that_exits_while_leakbpf_attaches() {
 #[test]
 fn unwritable_output_file() {
     require_root();
-    let sleeper = Sleeper::start("60");
-    run(&["--pid", &sleeper.pid(), "--output", "/proc/nonexistent/x"]).assert_error();
+    let (_target, pid) = live_process();
+    run(&["--pid", &pid, "--output", "/proc/nonexistent/x"]).assert_error();
 }
 
 #[test]
@@ -109,17 +102,17 @@ fn not_root() {
     let setpriv = find_program("setpriv")
         .expect("setpriv is not installed: install util-linux (`cargo xtask test` does)");
     // A copy nobody can run, wherever the build directory is.
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let copy = dir.path().join("leakbpf");
     fs::copy(LEAKBPF, &copy).expect("copy leakbpf");
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
-    let sleeper = Sleeper::start("60");
+    let (_target, pid) = live_process();
     let finished = Agent::spawn_command(
         Command::new(setpriv)
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&copy)
-            .args(["--pid", &sleeper.pid()]),
+            .args(["--pid", &pid]),
     )
     .wait();
     let error = finished.assert_error();

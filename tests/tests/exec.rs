@@ -2,21 +2,51 @@
 //! the new image's allocator when it is another object (a static executable has its own
 //! malloc), and drops every block the old image held: that memory is gone.
 //!
-//! exec_target (tests/targets/exec_target.c) leaks at leak_before_exec, pauses so that
-//! reports show it, execs, and leaks at leak_after_exec.
+//! exec_target (tests/targets/exec_target.c) leaks at leak_before_exec, pauses until a
+//! report has shown it, execs, pauses until leakbpf has followed the exec, and leaks at
+//! leak_after_exec.
 
 use leakbpf_tests::{
-    Agent, EXEC_TARGET, Report, START_UP_ALLOCATIONS, Target, TargetOutput, assert_churn_freed,
-    assert_churn_frees_counted, assert_nothing_dropped, check_reports, require_root, sum,
-    trace_pid, trace_spawn,
+    Agent, EXEC_TARGET, Report, Run, START_UP_ALLOCATIONS, Session, Target, TargetOutput, Traced,
+    assert_churn_freed, assert_churn_frees_counted, assert_nothing_dropped, check_reports,
+    require_root, sum,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
 /// Several reports before the exec.
 const OPTIONS: [&str; 4] = ["--interval", "250ms", "--top", "1000"];
-const INTO_ITSELF: [&str; 2] = ["--pause-ms", "1500"];
-const INTO_STATIC: [&str; 3] = ["--pause-ms", "1500", "--then-static"];
+const INTO_ITSELF: [&str; 1] = ["--pause"];
+const INTO_STATIC: [&str; 2] = ["--pause", "--then-static"];
+
+/// Traces exec_target `args` (with `--pause`) through its exec, letting it go on at each
+/// pause once leakbpf has done what it waits for.
+fn trace_exec(traced: Traced, args: &[&str]) -> Run {
+    let mut session = Session::start(LEAKBPF, traced, EXEC_TARGET, args, &OPTIONS, &[]);
+    let pid = session.pid();
+    session.go();
+    let before = session
+        .read_until("paused")
+        .truth("leak_before_exec")
+        .clone();
+    // The old image was traced: its leak is reported while it lives, so that its absence
+    // afterwards is a drop, not a miss.
+    session.wait_for_report("the leak before the exec", |report| {
+        report.pid == pid
+            && report.outstanding_at("leak_before_exec") == (before.bytes, before.count)
+    });
+    session.go();
+    session.read_until("paused");
+    // leakbpf drops the old image's blocks where it learns of the exec, and attaches to
+    // the new image in the same step, before it drains the maps for another report: the
+    // first report without them comes once the new image is probed.
+    session.wait_for_report(
+        "the old image's blocks dropped: leakbpf has followed the exec",
+        |report| report.pid == pid && report.outstanding_at("leak_before_exec") == (0, 0),
+    );
+    session.go();
+    session.finish()
+}
 
 /// The reports on the exec_target process `pid`, against what it said; `new_image` is the
 /// program it execs (exec_target or exec_target_static).
@@ -25,8 +55,8 @@ fn assert_exec_run(reports: &[Report], output: &TargetOutput, pid: u32, new_imag
     let after = output.truth("leak_after_exec");
     for truth in [before, after] {
         assert_eq!(
-            truth.extra_u64("pid"),
-            u64::from(pid),
+            truth.pid(),
+            pid,
             "the traced process printed it, before or after its exec: {truth:?}"
         );
         assert!(truth.count > 0, "{truth:?}");
@@ -35,25 +65,29 @@ fn assert_exec_run(reports: &[Report], output: &TargetOutput, pid: u32, new_imag
 
     // The old image was traced: its leak was reported while it lived, so its absence
     // afterwards is a drop, not a miss.
-    assert!(
-        reports
-            .iter()
-            .any(|report| report.outstanding_at("leak_before_exec") == (before.bytes, before.count)),
-        "no report showed the {} B in {} blocks leaked before the exec:\n{}",
-        before.bytes,
-        before.count,
-        reports.iter().map(Report::describe).collect::<String>()
-    );
-    // Once the new image has leaked, the old one's blocks are never shown again.
-    let first_after = reports
+    let shown = reports
         .iter()
-        .position(|report| report.outstanding_at("leak_after_exec") != (0, 0))
-        .unwrap_or(reports.len());
-    for report in &reports[first_after..] {
+        .position(|report| {
+            report.outstanding_at("leak_before_exec") == (before.bytes, before.count)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no report showed the {} B in {} blocks leaked before the exec:\n{}",
+                before.bytes,
+                before.count,
+                reports.iter().map(Report::describe).collect::<String>()
+            )
+        });
+    // Once dropped, the old image's blocks are never shown again.
+    let dropped = reports[shown..]
+        .iter()
+        .position(|report| report.outstanding_at("leak_before_exec") == (0, 0))
+        .map_or(reports.len(), |at| shown + at);
+    for report in &reports[dropped..] {
         assert_eq!(
             report.outstanding_at("leak_before_exec"),
             (0, 0),
-            "the old image's blocks, after the new image's leak:\n{}",
+            "the old image's blocks, once dropped:\n{}",
             report.describe()
         );
     }
@@ -98,28 +132,28 @@ fn assert_exec_run(reports: &[Report], output: &TargetOutput, pid: u32, new_imag
 #[test]
 fn exec_by_pid_reports_only_the_new_image() {
     require_root();
-    let run = trace_pid(LEAKBPF, EXEC_TARGET, &INTO_ITSELF, &OPTIONS);
+    let run = trace_exec(Traced::ByPid, &INTO_ITSELF);
     assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target");
 }
 
 #[test]
 fn exec_from_spawn_reports_only_the_new_image() {
     require_root();
-    let run = trace_spawn(LEAKBPF, EXEC_TARGET, &INTO_ITSELF, &OPTIONS);
+    let run = trace_exec(Traced::FromSpawn, &INTO_ITSELF);
     assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target");
 }
 
 #[test]
 fn exec_into_a_static_executable_by_pid_is_traced_in_it() {
     require_root();
-    let run = trace_pid(LEAKBPF, EXEC_TARGET, &INTO_STATIC, &OPTIONS);
+    let run = trace_exec(Traced::ByPid, &INTO_STATIC);
     assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target_static");
 }
 
 #[test]
 fn exec_into_a_static_executable_from_spawn_is_traced_in_it() {
     require_root();
-    let run = trace_spawn(LEAKBPF, EXEC_TARGET, &INTO_STATIC, &OPTIONS);
+    let run = trace_exec(Traced::FromSpawn, &INTO_STATIC);
     assert_exec_run(&run.reports, &run.truth, run.pid, "exec_target_static");
 }
 
@@ -130,14 +164,7 @@ fn exec_into_static_and_exit_while_probed() {
         EXEC_TARGET,
         &["--then-static", "--exit-when-probed", "--rounds", "0"],
     );
-    let pid = target.pid().to_string();
-    let mut agent = Agent::spawn(
-        LEAKBPF,
-        ["--pid", pid.as_str(), "--format", "json"]
-            .iter()
-            .chain(&OPTIONS),
-    );
-    agent.wait_attached();
+    let agent = Agent::attach(LEAKBPF, &[target.pid()], &OPTIONS);
     target.go();
     let truth = target.read_until_done();
     target.finish();
@@ -152,10 +179,7 @@ fn exec_into_static_and_exit_while_probed() {
     finished.assert_no_panic();
     let reports = finished.reports();
     let last = check_reports(&reports, target.pid());
-    assert_eq!(
-        truth.truth("leak_after_exec").extra_u64("pid"),
-        u64::from(target.pid())
-    );
+    assert_eq!(truth.truth("leak_after_exec").pid(), target.pid());
     assert_eq!(
         last.outstanding_at("leak_before_exec"),
         (0, 0),

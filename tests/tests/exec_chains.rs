@@ -6,10 +6,7 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use leakbpf_tests::{
-    LEAKER, SpawnRun, TempDir, Traced, assert_allocator_run, require_root, trace_spawn,
-    trace_spawn_with_env,
-};
+use leakbpf_tests::{LEAKER, Run, Traced, assert_allocator_run, require_root, trace, trace_spawn};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -43,7 +40,7 @@ fn script(dir: &Path, name: &str, text: &str) -> String {
 }
 
 /// The run's leaks are exact, and leakbpf attached to `object` on the way.
-fn assert_exact_with(run: &SpawnRun, object: &str) {
+fn assert_exact_with(run: &Run, object: &str) {
     assert_allocator_run(
         run.final_report(),
         &run.truth,
@@ -83,7 +80,7 @@ fn env_preloading_tcmalloc_by_its_symlink() {
 #[test]
 fn a_shebang_launcher_that_execs_the_program() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let launcher = script(dir.path(), "launch", "#!/bin/sh\nexec nice -n 1 \"$@\"\n");
     let run = trace_spawn(LEAKBPF, &launcher, &[LEAKER], &ARGS);
     assert_exact_with(&run, "libc.so.6");
@@ -92,7 +89,7 @@ fn a_shebang_launcher_that_execs_the_program() {
 #[test]
 fn two_launchers_deep_the_inner_one_preloading() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     script(
         dir.path(),
         "inner",
@@ -112,7 +109,7 @@ fn two_launchers_deep_the_inner_one_preloading() {
 #[test]
 fn a_pyenv_style_shim_found_in_path() {
     require_root();
-    let root = TempDir::new();
+    let root = tempfile::tempdir().expect("a temporary directory");
     let versions = root.path().join("versions/1.0/bin");
     fs::create_dir_all(&versions).expect("mkdir");
     fs::copy(LEAKER, versions.join("leaker")).expect("copy the leaker");
@@ -138,8 +135,9 @@ fn a_pyenv_style_shim_found_in_path() {
         std::env::var("PATH").unwrap_or_default()
     );
     let manager_root = root.path().to_string_lossy().into_owned();
-    let run = trace_spawn_with_env(
+    let run = trace(
         LEAKBPF,
+        Traced::FromSpawn,
         "leaker",
         &[],
         &ARGS,

@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 
 use leakbpf_tests::{
     FORKER, Report, START_UP_ALLOCATIONS, TargetOutput, Traced, Truth, assert_churn_freed,
-    assert_nothing_dropped, check_reports, reports_of, require_root, sum, trace_pid, trace_spawn,
+    assert_nothing_dropped, check_reports, final_report_of, require_root, sum, trace_pid,
+    trace_spawn,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -27,14 +28,6 @@ const FUNCTIONS: [&str; 4] = [
     "leak_before_exec",
     "leak_after_exec",
 ];
-
-fn pid_of(truth: &Truth) -> u32 {
-    u32::try_from(truth.extra_u64("pid")).expect("a pid")
-}
-
-fn ppid_of(truth: &Truth) -> u32 {
-    u32::try_from(truth.extra_u64("ppid")).expect("a pid")
-}
 
 /// What forker's processes said about themselves.
 struct Tree {
@@ -68,7 +61,7 @@ impl Tree {
             CHILDREN + 1,
             "a truth from each child and the grandchild: {output:?}"
         );
-        let pids: BTreeSet<u32> = leakers.iter().map(pid_of).collect();
+        let pids: BTreeSet<u32> = leakers.iter().map(Truth::pid).collect();
         assert_eq!(
             pids.len(),
             leakers.len(),
@@ -76,12 +69,12 @@ impl Tree {
         );
         let grandchildren: Vec<&Truth> = leakers
             .iter()
-            .filter(|truth| ppid_of(truth) != pid_of(&parent))
+            .filter(|truth| truth.ppid() != parent.pid())
             .collect();
         assert_eq!(grandchildren.len(), 1, "one grandchild: {output:?}");
-        let grandchild = pid_of(grandchildren[0]);
+        let grandchild = grandchildren[0].pid();
         assert!(
-            pids.contains(&ppid_of(grandchildren[0])),
+            pids.contains(&grandchildren[0].ppid()),
             "the grandchild's parent is a child: {output:?}"
         );
         let [before_exec] = <[Truth; 1]>::try_from(with("leak_before_exec"))
@@ -90,13 +83,13 @@ impl Tree {
         // the spawned child's.
         let (after_exec, spawned): (Vec<Truth>, Vec<Truth>) = with("leak_after_exec")
             .into_iter()
-            .partition(|truth| pid_of(truth) == pid_of(&before_exec));
+            .partition(|truth| truth.pid() == before_exec.pid());
         let [after_exec] = <[Truth; 1]>::try_from(after_exec)
             .unwrap_or_else(|t| panic!("one leak_after_exec truth from the exec'd child: {t:?}"));
         let [spawned] = <[Truth; 1]>::try_from(spawned)
             .unwrap_or_else(|t| panic!("one leak_after_exec truth from the spawned child: {t:?}"));
         for truth in [&before_exec, &spawned] {
-            assert_eq!(ppid_of(truth), pid_of(&parent), "{output:?}");
+            assert_eq!(truth.ppid(), parent.pid(), "{output:?}");
         }
         for truth in leakers
             .iter()
@@ -118,7 +111,7 @@ impl Tree {
     fn least_churn_frees(&self, output: &TargetOutput) -> u64 {
         self.leakers
             .iter()
-            .map(|truth| churn_of(output, pid_of(truth)).1)
+            .map(|truth| churn_of(output, truth.pid()).1)
             .min()
             .expect("children")
     }
@@ -127,30 +120,18 @@ impl Tree {
         self.leakers
             .iter()
             .chain([&self.parent, &self.before_exec, &self.spawned])
-            .map(pid_of)
+            .map(Truth::pid)
             .collect()
     }
 }
 
 /// The churn line of process `pid`: (allocations, frees).
 fn churn_of(output: &TargetOutput, pid: u32) -> (u64, u64) {
-    let churn = output
-        .json
-        .iter()
-        .filter_map(|value| value.get("churn"))
-        .find(|churn| churn["pid"].as_u64() == Some(u64::from(pid)))
-        .unwrap_or_else(|| panic!("no churn line from pid {pid}: {output:?}"));
-    (
-        churn["allocations"].as_u64().expect("churn.allocations"),
-        churn["frees"].as_u64().expect("churn.frees"),
-    )
-}
-
-/// The final report of `pid`, after checking all of its reports (numbered from 1, only
-/// about it, the last one final).
-fn final_of(reports: &[Report], pid: u32) -> Report {
-    let own = reports_of(reports, pid);
-    check_reports(&own, pid).clone()
+    let churn = output.churn_of(pid);
+    let allocations = churn
+        .allocations
+        .unwrap_or_else(|| panic!("forker's churn counts its allocations: {churn:?}"));
+    (allocations, churn.frees)
 }
 
 /// `report` holds exactly `truth` at its function, and nothing at forker's other leaking
@@ -186,16 +167,13 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
     // The parent: its own leak, none of its children's, and its own counters. Its
     // children's churns freed tens of thousands of blocks; the parent frees none after
     // its start-up.
-    let parent = final_of(reports, pid_of(&tree.parent));
+    let parent = final_report_of(reports, tree.parent.pid());
     assert_holds_only(&parent, &tree.parent, "parent");
     let least_churn = tree.least_churn_frees(output);
     match traced {
         Traced::ByPid => {
             assert_eq!(
-                (
-                    parent.totals.outstanding_bytes,
-                    parent.totals.outstanding_allocations
-                ),
+                parent.outstanding(),
                 (tree.parent.bytes, tree.parent.count),
                 "attached after start-up, the parent holds exactly its leak:\n{}",
                 parent.describe()
@@ -228,19 +206,16 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
     // Each child and the grandchild: exactly its leak (a fork comes after the start-up,
     // however it was traced), its churn freed, its own counters.
     for truth in &tree.leakers {
-        let pid = pid_of(truth);
+        let pid = truth.pid();
         let role = if pid == tree.grandchild {
             format!("grandchild (pid {pid})")
         } else {
             format!("child (pid {pid})")
         };
-        let report = final_of(reports, pid);
+        let report = final_report_of(reports, pid);
         assert_holds_only(&report, truth, &role);
         assert_eq!(
-            (
-                report.totals.outstanding_bytes,
-                report.totals.outstanding_allocations
-            ),
+            report.outstanding(),
             (truth.bytes, truth.count),
             "the {role} holds exactly its leak:\n{}",
             report.describe()
@@ -270,9 +245,9 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
 
     // The exec'd child: only what its new image holds; the blocks of the image it had
     // before are gone with it.
-    let pid = pid_of(&tree.after_exec);
+    let pid = tree.after_exec.pid();
     let role = format!("exec'd child (pid {pid})");
-    let report = final_of(reports, pid);
+    let report = final_report_of(reports, pid);
     assert_new_image(&report, output, &tree.after_exec, &role);
     let beyond = report.totals.outstanding_bytes - tree.after_exec.bytes;
     assert!(
@@ -283,9 +258,9 @@ fn assert_tree(reports: &[Report], output: &TargetOutput, traced: Traced) {
     );
     // The spawned child, started by a clone that shares its parent's memory until it
     // execs.
-    let pid = pid_of(&tree.spawned);
+    let pid = tree.spawned.pid();
     let role = format!("spawned child (pid {pid})");
-    assert_new_image(&final_of(reports, pid), output, &tree.spawned, &role);
+    assert_new_image(&final_report_of(reports, pid), output, &tree.spawned, &role);
 }
 
 /// The final report of a process that runs forker as a new image (`--after-exec`): its
@@ -300,7 +275,7 @@ fn assert_new_image(report: &Report, output: &TargetOutput, truth: &Truth, role:
         report.describe()
     );
     assert_churn_freed(report);
-    let (_, frees) = churn_of(output, pid_of(truth));
+    let (_, frees) = churn_of(output, truth.pid());
     assert!(
         report.counters.frees >= frees && report.counters.frees < 2 * frees,
         "the {role} freed {frees} blocks (none before its exec), leakbpf counted {}:\n{}",
@@ -314,7 +289,7 @@ fn assert_new_image(report: &Report, output: &TargetOutput, truth: &Truth, role:
 fn follow_forks_by_pid_reports_each_descendant_apart() {
     require_root();
     let run = trace_pid(LEAKBPF, FORKER, &FORKER_ARGS, &OPTIONS);
-    assert_eq!(pid_of(&Tree::of(&run.truth).parent), run.pid);
+    assert_eq!(Tree::of(&run.truth).parent.pid(), run.pid);
     assert_tree(&run.reports, &run.truth, Traced::ByPid);
 }
 
@@ -328,7 +303,7 @@ fn follow_forks_from_spawn_reports_each_descendant_apart() {
 /// Without --follow-forks: reports on the parent alone, with its figures alone.
 fn assert_parent_only(reports: &[Report], output: &TargetOutput, traced: Traced) {
     let tree = Tree::of(output);
-    let pid = pid_of(&tree.parent);
+    let pid = tree.parent.pid();
     let report = check_reports(reports, pid);
     assert_holds_only(report, &tree.parent, "parent");
     // Each child freed tens of thousands of blocks; the parent none after its start-up.
@@ -361,7 +336,7 @@ fn without_follow_forks_no_child_is_reported_by_pid() {
         &FORKER_ARGS,
         &["--interval", "300ms", "--top", "1000"],
     );
-    assert_eq!(pid_of(&Tree::of(&run.truth).parent), run.pid);
+    assert_eq!(Tree::of(&run.truth).parent.pid(), run.pid);
     assert_parent_only(&run.reports, &run.truth, Traced::ByPid);
 }
 
@@ -392,8 +367,8 @@ fn follow_forks_from_spawn_names_the_leaks_of_processes_that_exit_at_once() {
     );
     let tree = Tree::of(&run.truth);
     for truth in &tree.leakers {
-        let pid = pid_of(truth);
-        let report = final_of(&run.reports, pid);
+        let pid = truth.pid();
+        let report = final_report_of(&run.reports, pid);
         assert_eq!(
             report.outstanding_at(&truth.function),
             (truth.bytes, truth.count),

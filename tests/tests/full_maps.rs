@@ -78,10 +78,7 @@ fn a_full_stack_map_counts_stack_failures_and_keeps_counting_bytes() {
         .fold((0, 0), |(bytes, count), t| {
             (bytes + t.bytes, count + t.count)
         });
-    let reported = (
-        report.totals.outstanding_bytes,
-        report.totals.outstanding_allocations,
-    );
+    let reported = report.outstanding();
     assert!(
         reported.0 >= leaked.0 && reported.1 >= leaked.1,
         "the target leaked {leaked:?}, the report holds {reported:?}:\n{}",

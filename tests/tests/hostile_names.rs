@@ -83,10 +83,7 @@ fn hostile_names_are_reported_as_json_with_exact_figures() {
     }
     let truths = &run.truth.truths;
     assert_eq!(
-        (
-            report.totals.outstanding_bytes,
-            report.totals.outstanding_allocations
-        ),
+        report.outstanding(),
         (
             truths.iter().map(|t| t.bytes).sum(),
             truths.iter().map(|t| t.count).sum()
@@ -139,7 +136,7 @@ fn hostile_names_are_escaped_in_the_table_with_exact_figures() {
     require_root();
     let mut target = Target::start(HOSTILE_NAMES, &[]);
     let pid = target.pid().to_string();
-    let mut agent = Agent::spawn(LEAKBPF, ["--pid", pid.as_str(), "--top", "1000"]);
+    let agent = Agent::spawn(LEAKBPF, ["--pid", pid.as_str(), "--top", "1000"]);
     agent.wait_attached();
     target.go();
     let truth = target.read_until_done();

@@ -2,11 +2,9 @@
 //! always with one final report, exit 0, and nothing of its own left in the kernel (the
 //! programs and links it held while attached, read from /proc/PID/fdinfo, are gone).
 
-use std::process::Command;
-
 use leakbpf_tests::{
-    Agent, CHAT_SERVER, EARLY, Finished, KernelObjects, Report, Target, TargetOutput, TempDir,
-    check_reports, parse_reports, require_root, sum,
+    Agent, CHAT_SERVER, EARLY, Finished, KernelObjects, Report, Target, TargetOutput,
+    check_reports, require_root, sum,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -14,14 +12,7 @@ const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 /// Starts leakbpf on a `--wait` target and waits until it is attached; returns what it
 /// holds in the kernel.
 fn attach(target: &Target, options: &[&str]) -> (Agent, KernelObjects) {
-    let pid = target.pid().to_string();
-    let mut agent = Agent::spawn(
-        LEAKBPF,
-        ["--pid", pid.as_str(), "--format", "json"]
-            .iter()
-            .chain(options),
-    );
-    agent.wait_attached();
+    let agent = Agent::attach(LEAKBPF, &[target.pid()], options);
     let objects = KernelObjects::of(agent.pid());
     objects.assert_probes_loaded();
     (agent, objects)
@@ -56,7 +47,7 @@ fn final_report_on_signal(signal: libc::c_int) {
     let (agent, objects) = attach(&target, &["--interval", "200ms", "--top", "1000"]);
     target.go();
     let truth = target.read_until_done();
-    leakbpf_tests::signal(agent.pid(), signal);
+    agent.signal(signal);
     let finished = agent.wait();
     let report = final_report(&finished, target.pid());
     assert_chat_leak(&report, &truth);
@@ -110,25 +101,15 @@ fn count_stops_after_that_many_reports() {
 #[test]
 fn spawn_mode_gives_a_final_report_and_detaches_when_the_command_exits() {
     require_root();
-    let dir = TempDir::new();
-    let output = dir.path().join("reports.ndjson");
-    let mut command = Command::new(LEAKBPF);
-    command
-        .args(["--format", "json", "--top", "1000", "--output"])
-        .arg(&output)
-        .args(["--", EARLY, "--wait"]);
     // early inherits leakbpf's stdin and waits for its end before exiting.
-    let mut agent = Agent::spawn_command_with_stdin(&mut command);
-    agent.wait_attached();
+    let mut agent = Agent::start_command(LEAKBPF, &["--top", "1000"], &[EARLY, "--wait"], &[]);
+    let pid = agent.wait_attached_to_command();
     let objects = KernelObjects::of(agent.pid());
     objects.assert_probes_loaded();
     let truth = agent.read_target_until_done("early");
     agent.close_stdin();
     let finished = agent.wait();
-    finished.assert_success();
-    let reports = parse_reports(&std::fs::read_to_string(&output).expect("read --output"));
-    let pid = reports.first().expect("a report").pid;
-    let report = check_reports(&reports, pid);
+    let report = final_report(&finished, pid);
     // What is leaked where is early.rs's business; here, that it was all seen.
     let leaked: u64 = truth.truths.iter().map(|truth| truth.bytes).sum();
     assert!(
@@ -146,7 +127,7 @@ fn sigkill_of_the_agent_leaves_nothing_attached() {
     // the killed process's descriptors: the target runs on untraced.
     let mut target = Target::start(CHAT_SERVER, &["--joins", "50"]);
     let (agent, objects) = attach(&target, &["--interval", "200ms"]);
-    leakbpf_tests::signal(agent.pid(), libc::SIGKILL);
+    agent.signal(libc::SIGKILL);
     let finished = agent.wait();
     finished.assert_no_panic();
     objects.assert_released();

@@ -24,7 +24,7 @@ fn table_shows_the_json_top_call_site() {
     // The same run again, as a table on stdout.
     let mut target = Target::start(CHAT_SERVER, &["--joins", JOINS]);
     let pid = target.pid().to_string();
-    let mut agent = Agent::spawn(LEAKBPF, ["--pid", pid.as_str()]);
+    let agent = Agent::spawn(LEAKBPF, ["--pid", pid.as_str()]);
     agent.wait_attached();
     target.go();
     let truth = target.read_until_done();

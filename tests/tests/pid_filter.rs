@@ -9,12 +9,7 @@ fn only_the_traced_process_is_counted() {
     require_root();
     let mut traced = Target::start(LEAKER, &[]);
     let mut other = Target::start(LEAKER, &[]);
-    let pid = traced.pid().to_string();
-    let mut agent = Agent::spawn(
-        LEAKBPF,
-        ["--pid", pid.as_str(), "--format", "json", "--top", "1000"],
-    );
-    agent.wait_attached();
+    let agent = Agent::attach(LEAKBPF, &[traced.pid()], &["--top", "1000"]);
     other.go();
     traced.go();
     let truth = traced.read_until_done();
@@ -40,9 +35,7 @@ fn only_the_traced_process_is_counted() {
     }
     // And so must the event counts. The other process's free() calls alone would double
     // them; the traced one's reallocs (which free too) cannot.
-    let frees = truth.object("churn")["frees"]
-        .as_u64()
-        .expect("churn.frees");
+    let frees = truth.churn().frees;
     let counted = report.counters.frees;
     assert!(
         counted >= frees && counted < 2 * frees,

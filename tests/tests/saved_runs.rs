@@ -4,7 +4,8 @@
 
 use std::fs;
 
-use leakbpf_tests::{Agent, LEAKER, TempDir, check_reports, parse_reports, require_root};
+use leakbpf_tests::{Agent, LEAKER, check_reports, parse_reports, require_root};
+use tempfile::TempDir;
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -13,7 +14,7 @@ const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 fn saved_run(dir: &TempDir) -> (std::path::PathBuf, String, u32) {
     let file = dir.path().join("run.ndjson");
     let output = file.to_string_lossy().into_owned();
-    let mut agent = Agent::spawn(
+    let agent = Agent::spawn(
         LEAKBPF,
         [
             "--format",
@@ -40,7 +41,7 @@ fn saved_run(dir: &TempDir) -> (std::path::PathBuf, String, u32) {
 #[test]
 fn a_saved_run_renders_again_as_json_and_as_a_table() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let (file, text, pid) = saved_run(&dir);
     let file = file.to_string_lossy().into_owned();
 
@@ -99,7 +100,7 @@ fn a_saved_run_renders_again_as_json_and_as_a_table() {
 
 #[test]
 fn bad_saved_runs_are_one_line_errors() {
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = dir.path().join("missing.ndjson");
     let garbage = dir.path().join("garbage.ndjson");
     fs::write(&garbage, "{\"schema_version\":3}\nnot json\n").unwrap();

@@ -109,14 +109,13 @@ fn a_debug_file_found_by_build_id_names_a_stripped_programs_frames() {
 fn assert_named(report: &Report, output: &TargetOutput, program: &str) {
     assert_allocator_run(report, output, &FUNCTIONS, Traced::ByPid);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/stripped.c");
-    let lines = output.object("lines");
     let module = real_path(program);
     for function in FUNCTIONS {
-        let line = lines[function].as_u64().expect("the call's line");
+        let line = output.line_of(function);
         for site in report.sites_where(|site| site.function(0) == Some(function)) {
             let frame = &site.frames[0];
             assert_eq!(
-                (frame.file.as_deref(), frame.line.map(u64::from)),
+                (frame.file.as_deref(), frame.line),
                 (source.to_str(), Some(line)),
                 "{function}'s allocating call, from the debug file:\n{}",
                 report.describe()

@@ -18,11 +18,12 @@ fn cross_thread_frees_and_per_thread_leaks() {
         report.describe()
     );
 
-    let passed = run.truth.object("churn");
-    let frees = passed["frees"].as_u64().expect("churn.frees");
+    let passed = run.truth.churn();
+    assert_eq!(passed.function, "make_block", "{passed:?}");
+    let frees = passed.frees;
     assert!(
         frees >= 100_000,
-        "the target passed too few blocks: {passed}"
+        "the target passed too few blocks: {passed:?}"
     );
     assert!(
         report.counters.frees >= frees,

@@ -6,7 +6,7 @@
 
 use std::{fs, path::Path, process::Command};
 
-use leakbpf_tests::{Agent, CHAT_SERVER, Finished, LEAKER, PATTERNS, TempDir, require_root};
+use leakbpf_tests::{Agent, CHAT_SERVER, Finished, LEAKER, PATTERNS, require_root};
 use serde_json::Value;
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -65,7 +65,7 @@ fn final_report(reports: &[Value]) -> &Value {
 #[test]
 fn several_patterns_at_once_each_get_their_verdict() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let args = ["--interval", "1s", "--top", "100"];
     let (finished, reports) = run(dir.path(), "patterns.ndjson", &args, &[PATTERNS]);
     finished.assert_success();
@@ -125,7 +125,7 @@ fn several_patterns_at_once_each_get_their_verdict() {
 #[test]
 fn rss_grown_outside_malloc_is_said_to_be_elsewhere() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let args = ["--interval", "1s"];
     let target = [PATTERNS, "--mmap", "--seconds", "8"];
     let (finished, reports) = run(dir.path(), "mmap.ndjson", &args, &target);
@@ -144,7 +144,7 @@ fn rss_grown_outside_malloc_is_said_to_be_elsewhere() {
 #[test]
 fn the_leak_check_fails_the_run_unless_suppressed() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let target = [PATTERNS, "--seconds", "8"];
     let gate = ["--interval", "1s", "--fail-on-leak"];
     let (failed, _) = run(dir.path(), "gate.ndjson", &gate, &target);
@@ -180,7 +180,7 @@ fn the_leak_check_fails_the_run_unless_suppressed() {
 #[test]
 fn the_outstanding_check_is_lsan_s_view_at_exit() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let (plain, reports) = run(dir.path(), "plain.ndjson", &[], &[LEAKER]);
     plain.assert_success();
     let outstanding = final_report(&reports)["totals"]["outstanding_bytes"]
@@ -201,7 +201,7 @@ fn the_outstanding_check_is_lsan_s_view_at_exit() {
 #[test]
 fn the_diff_of_the_buggy_and_the_fixed_chat_server_shows_the_leak_gone() {
     require_root();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let args = ["--top", "1000"];
     let (buggy, _) = run(
         dir.path(),

@@ -1,0 +1,43 @@
+//! The target programs, built by build.rs with tests/targets/Makefile.
+
+pub const CHAT_SERVER: &str = env!("LEAKBPF_TARGET_CHAT_SERVER");
+pub const LEAKER: &str = env!("LEAKBPF_TARGET_LEAKER");
+pub const THREADS: &str = env!("LEAKBPF_TARGET_THREADS");
+pub const EARLY: &str = env!("LEAKBPF_TARGET_EARLY");
+/// A steady leak, a stepped one, a cache and a churn at once; or RSS grown through mmap
+/// (tests/targets/patterns.c).
+pub const PATTERNS: &str = env!("LEAKBPF_TARGET_PATTERNS");
+/// src/bin/rust_leaker.rs, built with frame pointers.
+pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
+/// A process tree: children, a grandchild and an exec'd child that each leak their own
+/// amount (tests/targets/forker.c).
+pub const FORKER: &str = env!("LEAKBPF_TARGET_FORKER");
+/// Leaks, execs (itself, or its static build), leaks again (tests/targets/exec_target.c).
+pub const EXEC_TARGET: &str = env!("LEAKBPF_TARGET_EXEC_TARGET");
+/// Leaks gigabytes of address space at leak_big (tests/targets/big_leaker.c).
+pub const BIG_LEAKER: &str = env!("LEAKBPF_TARGET_BIG_LEAKER");
+/// The allocator targets (tests/targets/alloc_target.h): linked with jemalloc, tcmalloc
+/// (C++), mimalloc; leaking through a `je_`-prefixed allocator library; fully static.
+pub const JEMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_JEMALLOC_LINKED");
+pub const TCMALLOC_NEW: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW");
+pub const MIMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_MIMALLOC_LINKED");
+pub const PREFIXED: &str = env!("LEAKBPF_TARGET_PREFIXED");
+pub const STATIC_GLIBC: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC");
+pub const HOSTILE_STACK: &str = env!("LEAKBPF_TARGET_HOSTILE_STACK");
+/// Leaks from functions with hostile names: thousands of characters long, with control
+/// characters, not UTF-8 (tests/targets/hostile_names.c).
+pub const HOSTILE_NAMES: &str = env!("LEAKBPF_TARGET_HOSTILE_NAMES");
+/// Leaks through libbroken_elf.so, which it finds next to itself, intact; broken copies
+/// are in `broken_elf.libs/HOW/` beside it (tests/targets/break_elf.py).
+pub const BROKEN_ELF: &str = env!("LEAKBPF_TARGET_BROKEN_ELF");
+/// tests/targets/stripped.c stripped of every symbol: alone; with a `.gnu_debuglink` to
+/// `STRIPPED_DEBUGLINK.debug`; with a debug link only build-id lookup resolves, to
+/// `STRIPPED_BUILDID.build-id/XX/YYYY.debug` once installed under /usr/lib/debug. And
+/// the unstripped build the first two are stripped from.
+pub const STRIPPED: &str = env!("LEAKBPF_TARGET_STRIPPED");
+pub const STRIPPED_DEBUGLINK: &str = env!("LEAKBPF_TARGET_STRIPPED_DEBUGLINK");
+pub const STRIPPED_BUILDID: &str = env!("LEAKBPF_TARGET_STRIPPED_BUILDID");
+pub const STRIPPED_FULL: &str = env!("LEAKBPF_TARGET_STRIPPED_FULL");
+/// src/bin/rust_leaker.rs built for x86_64-unknown-linux-musl, statically; empty when
+/// rustc has no standard library for that target (see build.rs).
+pub const RUST_LEAKER_MUSL: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL");

@@ -165,6 +165,7 @@ impl EventLoop {
             self.handle_events(ring.get_mut()).await?;
         }
         self.report_interval(true).await?;
+        self.attacher.programs().detach_all();
         Ok(self.verdicts)
     }
 

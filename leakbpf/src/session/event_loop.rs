@@ -24,7 +24,7 @@ use super::{
     registry::Registry,
 };
 use crate::{
-    analyze::{Moment, OLD_AFTER_INTERVALS, Sort, Suppressions},
+    analyze::{self, Moment, OLD_AFTER_INTERVALS, Plumbing, Sort, Suppressions},
     attach::{Attacher, Image, ImageError, Scope},
     kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
@@ -51,6 +51,7 @@ pub struct LoopSettings {
     pub verbose: bool,
     pub sort: Sort,
     pub suppressions: Suppressions,
+    pub plumbing: Plumbing,
 }
 
 /// What the final reports said, for the exit status of a CI gate.
@@ -358,7 +359,8 @@ impl EventLoop {
         // once would be the agent's peak memory.
         while !requests.is_empty() {
             let rest = requests.split_off(requests.len().saturating_sub(SYMBOLIZE_AT_ONCE));
-            for (id, frames) in self.symbolizer.symbolize(owner, rest).await? {
+            for (id, mut frames) in self.symbolizer.symbolize(owner, rest).await? {
+                self.settings.plumbing.mark(&mut frames);
                 process.frames.insert(id, Arc::from(frames));
             }
         }
@@ -428,17 +430,21 @@ impl EventLoop {
             self.settings.top,
             self.settings.sort,
         );
+        // Every site named: stacks that differ only inside allocation plumbing are one
+        // site, and suppressions match any site's frames. (Most were named as they came.)
+        self.symbolize(pid, sites.iter().map(|s| s.stack_id).collect())
+            .await?;
         let Some(process) = self.registry.get_mut(pid) else {
             return Ok(());
         };
+        let frames = &process.frames;
+        let sites = analyze::fold(sites, |id| {
+            frames
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(Vec::new()))
+        });
         let ranked = process.history.observe(sites, now_ns, interval, sort);
-        // Suppressions match any site's frames; without them only those shown are named.
-        let named = if self.settings.suppressions.is_empty() {
-            ranked.top_ids(top)
-        } else {
-            ranked.ids()
-        };
-        self.symbolize(pid, named).await?;
         let counters = self
             .maps
             .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;

@@ -8,7 +8,7 @@ const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
 const CALLERS: [&str; 2] = ["leak_through_wrapper_a", "leak_through_wrapper_b"];
 
-fn at_site<'a>(report: &'a Report, function: &str) -> (u64, u64) {
+fn at_site(report: &Report, function: &str) -> (u64, u64) {
     sum(report.sites_where(|site| site.site() == Some(function)))
 }
 

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     analyze::{self, Moment, OLD_AFTER_INTERVALS, Plumbing, Sort, Suppressions},
-    attach::{Attacher, Image, ImageError, Scope},
+    attach::{self, Attacher, Image, ImageError, Scope},
     kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
     snapshot::Snapshot,
@@ -33,6 +33,9 @@ use crate::{
 };
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Reports of a process with not one allocation or free seen before leakbpf says so.
+const SILENT_REPORTS: u64 = 3;
 
 /// Stacks sent to the symbolizer in one request.
 const SYMBOLIZE_AT_ONCE: usize = 256;
@@ -452,6 +455,22 @@ impl EventLoop {
             return Ok(());
         };
         process.reports += 1;
+        let silent = counters.allocations + counters.frees + counters.unknown_frees == 0;
+        if silent && process.reports == SILENT_REPORTS && self.settings.mode != Mode::All {
+            // An allocator leakbpf does not probe must never pass for a quiet process.
+            let providers = attach::malloc_providers(pid);
+            eprintln!(
+                "leakbpf: warning: pid {pid}: no allocation or free seen in {} reports: it \
+                 does not allocate, or allocates through code leakbpf does not probe \
+                 (malloc is defined in: {})",
+                process.reports,
+                if providers.is_empty() {
+                    "no object it maps".to_owned()
+                } else {
+                    providers.join(", ")
+                }
+            );
+        }
         let moment = Moment {
             pid: pid.get(),
             number: process.reports,

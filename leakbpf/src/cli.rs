@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    analyze::{Sort, Suppressions, diff},
+    analyze::{Plumbing, Sort, Suppressions, diff},
     kernel::{self, Capacity},
     output::{self, Format, Output},
     session::{self, Settings, Target, Verdicts},
@@ -97,6 +97,9 @@ pub struct ReportArgs {
     /// Only each process's final report.
     #[arg(long)]
     pub final_only: bool,
+    /// The table shows the allocation plumbing frames of each call site too.
+    #[arg(long)]
+    pub show_alloc_frames: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +141,15 @@ pub struct TraceArgs {
     /// command's exit: LeakSanitizer's view, without a rebuild).
     #[arg(long, value_name = "BYTES")]
     pub fail_on_outstanding: Option<u64>,
+    /// A function of the program's own that wraps the allocator (`my_malloc`, `app_*alloc`:
+    /// `*` and `?` wildcards; repeat for more): call sites are shown at its caller, as
+    /// they are past the runtimes' own plumbing (Rust's alloc, libstdc++'s allocators,
+    /// g_malloc, PyMem_Malloc, CRYPTO_malloc, xmalloc, …).
+    #[arg(long, value_name = "PATTERN")]
+    pub alloc_fn: Vec<String>,
+    /// The table shows the allocation plumbing frames of each call site too.
+    #[arg(long)]
+    pub show_alloc_frames: bool,
     /// Known leaks, in LeakSanitizer's format (`leak:PATTERN` lines): left out of reports
     /// and checks, and listed as suppressed.
     #[arg(long, value_name = "FILE")]
@@ -253,6 +265,8 @@ impl TraceArgs {
             follow_forks: self.follow_forks,
             sort: self.sort,
             suppressions,
+            plumbing: Plumbing::new(&self.alloc_fn).context("bad allocation function pattern")?,
+            show_alloc_frames: self.show_alloc_frames,
         })
     }
 }
@@ -377,7 +391,7 @@ fn diff(args: &DiffArgs) -> Result<()> {
 fn report(args: &ReportArgs) -> Result<()> {
     let what = args.file.display();
     let snapshots = read_saved(&args.file)?;
-    let mut output = Output::open(args.format, None, 0)?;
+    let mut output = Output::open(args.format, None, 0, args.show_alloc_frames)?;
     let mut written = 0;
     for snapshot in snapshots
         .iter()

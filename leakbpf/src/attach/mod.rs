@@ -104,6 +104,21 @@ pub fn plan(image: Image, prefix: Option<&str>) -> Result<Vec<Probe>, ImageError
     Ok(plan::plan(&objects, prefix)?)
 }
 
+/// The objects process `pid` maps that define `malloc`, in binding order: what to name
+/// when no allocation is seen.
+pub fn malloc_providers(pid: NonZeroU32) -> Vec<String> {
+    objects::of_process(pid.get())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|object| {
+            elf::ElfObject::open(&object.host_path)
+                .and_then(|elf| elf.functions(&["malloc"]))
+                .is_ok_and(|found| !found.is_empty())
+        })
+        .map(|object| object.path.display().to_string())
+        .collect()
+}
+
 /// Attaches the programs to the allocation functions of images.
 pub struct Attacher {
     programs: Programs,

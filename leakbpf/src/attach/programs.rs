@@ -10,7 +10,8 @@ use aya::{
     Ebpf,
     programs::{
         ProgramError, TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use leakbpf_common::cookie_for;
@@ -56,7 +57,14 @@ pub struct Programs {
     /// What is attached already: program, object file (device and inode: processes
     /// name one file by many paths), file offset, scope.
     attached: HashSet<(&'static str, (u64, u64), u64, Scope)>,
+    /// Every link, for [`Programs::detach_all`].
+    uprobe_links: Vec<(&'static str, UProbeLinkId)>,
+    tracepoint_links: Vec<(&'static str, TracePointLinkId)>,
 }
+
+/// Links detached by one thread at most, at the end: each detach waits for the kernel's
+/// grace period, and concurrent ones share it.
+const DETACH_THREADS: usize = 256;
 
 impl Programs {
     /// The programs of `ebpf`, loaded (see [`crate::kernel::load`]), none attached yet.
@@ -64,7 +72,39 @@ impl Programs {
         Self {
             ebpf,
             attached: HashSet::new(),
+            uprobe_links: Vec::new(),
+            tracepoint_links: Vec::new(),
         }
+    }
+
+    /// Detaches every probe at once. Dropping links one by one costs one of the kernel's
+    /// grace periods each (0.1 s and more per uprobe here: 2 s for glibc's 17 probes);
+    /// dropped from threads of their own, they wait for the same one.
+    pub fn detach_all(&mut self) {
+        let mut links: Vec<Box<dyn Send>> = Vec::new();
+        for (name, id) in std::mem::take(&mut self.uprobe_links) {
+            if let Ok(program) = kernel::program::<UProbe>(&mut self.ebpf, name)
+                && let Ok(link) = program.take_link(id)
+            {
+                links.push(Box::new(link));
+            }
+        }
+        for (name, id) in std::mem::take(&mut self.tracepoint_links) {
+            if let Ok(program) = kernel::program::<TracePoint>(&mut self.ebpf, name)
+                && let Ok(link) = program.take_link(id)
+            {
+                links.push(Box::new(link));
+            }
+        }
+        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+        std::thread::scope(|scope| {
+            while !links.is_empty() {
+                let chunk = links.split_off(links.len().saturating_sub(per_thread));
+                // Where no thread can be had, the chunk is dropped here, one by one.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(chunk));
+            }
+        });
+        self.attached.clear();
     }
 
     /// The eBPF side's own log, shown by `--verbose`.
@@ -81,12 +121,13 @@ impl Programs {
             wanted.push((PROCESS_FORK, "task", "task_newtask"));
         }
         for (name, category, event) in wanted {
-            kernel::program::<TracePoint>(&mut self.ebpf, name)?
+            let link = kernel::program::<TracePoint>(&mut self.ebpf, name)?
                 .attach(category, event)
                 .map_err(|source| AttachError::Attach {
                     probe: format!("tracepoint {category}/{event}"),
                     source,
                 })?;
+            self.tracepoint_links.push((name, link));
         }
         Ok(())
     }
@@ -140,7 +181,7 @@ impl Programs {
                     Scope::Process(pid) => UProbeScope::OneProcess(pid),
                     Scope::System => UProbeScope::AllProcesses,
                 };
-                kernel::program::<UProbe>(&mut self.ebpf, name)?
+                let link = kernel::program::<UProbe>(&mut self.ebpf, name)?
                     .attach(point, &probe.object.host_path, kernel_scope)
                     .map_err(|source| {
                         let probe = probe.to_string();
@@ -151,6 +192,7 @@ impl Programs {
                         }
                     })?;
                 self.attached.insert(key);
+                self.uprobe_links.push((name, link));
                 attached.push(Attached {
                     program: name,
                     probe: probe.to_string(),

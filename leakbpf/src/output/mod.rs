@@ -25,9 +25,10 @@ pub enum Format {
 }
 
 impl Format {
-    fn renderer(self) -> Box<dyn Render + Send> {
+    /// The renderer; a table shows allocation plumbing frames with `all_frames`.
+    fn renderer(self, all_frames: bool) -> Box<dyn Render + Send> {
         match self {
-            Format::Table => Box::new(table::Table),
+            Format::Table => Box::new(table::Table { all_frames }),
             Format::Json => Box::new(json::Json),
         }
     }
@@ -77,8 +78,13 @@ pub struct Output {
 
 impl Output {
     /// Reports in `format` to `path`, created with `mode` if new and appended to, or to
-    /// stdout.
-    pub fn open(format: Format, path: Option<&Path>, mode: u32) -> Result<Self, OutputError> {
+    /// stdout; a table shows allocation plumbing with `all_frames`.
+    pub fn open(
+        format: Format,
+        path: Option<&Path>,
+        mode: u32,
+        all_frames: bool,
+    ) -> Result<Self, OutputError> {
         let sink: Box<dyn Write + Send> = match path {
             Some(path) => Box::new(
                 OpenOptions::new()
@@ -94,7 +100,7 @@ impl Output {
             None => Box::new(io::stdout()),
         };
         Ok(Self {
-            renderer: format.renderer(),
+            renderer: format.renderer(all_frames),
             sink,
         })
     }

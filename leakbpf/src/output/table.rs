@@ -12,11 +12,14 @@ use crate::snapshot::{Pattern, Snapshot, Verdict};
 /// Frames shown per call site; JSON carries them all.
 const TABLE_FRAMES: usize = 12;
 
-pub struct Table;
+/// With `all_frames`, allocation plumbing frames are shown too.
+pub struct Table {
+    pub all_frames: bool,
+}
 
 impl Render for Table {
     fn snapshot(&mut self, snapshot: &Snapshot, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(table(snapshot).as_bytes())
+        out.write_all(table(snapshot, self.all_frames).as_bytes())
     }
 
     /// The processes reported on next, in a table; JSON lines carry the same figures in
@@ -64,8 +67,9 @@ pub(super) fn printable(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// The snapshot as a table: one block per call site, its stack under it.
-pub fn table(report: &Snapshot) -> String {
+/// The snapshot as a table: one block per call site, its stack under it from the call
+/// site's frame (from the allocator's side with `all_frames`).
+pub fn table(report: &Snapshot, all_frames: bool) -> String {
     let mut out = String::new();
     let c = &report.counters;
     let command = report
@@ -185,7 +189,22 @@ pub fn table(report: &Snapshot) -> String {
                 "          [stack not available: unreadable, or the stack map was full (--max-stacks)]"
             );
         }
-        for frame in site.frames.iter().take(TABLE_FRAMES) {
+        let first = if all_frames { 0 } else { site.site_frame };
+        if first > 0 {
+            // The plumbing's outermost frame (the call the site made) and how deep it is.
+            let name = |frame: &crate::symbolize::Frame| {
+                printable(frame.function.as_deref().unwrap_or("[unknown]")).into_owned()
+            };
+            let via = match first {
+                1 => name(&site.frames[0]),
+                _ => format!("{} and {} more", name(&site.frames[first - 1]), first - 1),
+            };
+            let _ = writeln!(
+                out,
+                "          via {via} (allocation plumbing; --show-alloc-frames shows it)"
+            );
+        }
+        for frame in site.frames.iter().skip(first).take(TABLE_FRAMES) {
             let name = printable(frame.function.as_deref().unwrap_or("[unknown]"));
             let marker = if frame.inlined { " [inlined]" } else { "" };
             let place = match (&frame.file, frame.line, &frame.module, frame.offset) {
@@ -198,11 +217,11 @@ pub fn table(report: &Snapshot) -> String {
             };
             let _ = writeln!(out, "          {name}{marker}  {place}");
         }
-        if site.frames.len() > TABLE_FRAMES {
+        if site.frames.len() > first + TABLE_FRAMES {
             let _ = writeln!(
                 out,
                 "          ... {} more frames",
-                site.frames.len() - TABLE_FRAMES
+                site.frames.len() - first - TABLE_FRAMES
             );
         }
     }
@@ -243,7 +262,7 @@ mod tests {
 
     #[test]
     fn shows_verdicts_with_their_evidence_and_the_memory() {
-        let text = table(&crate::snapshot::example());
+        let text = table(&crate::snapshot::example(), false);
         assert!(text.contains("pid 42 (chat_server)"), "{text}");
         assert!(text.contains("LEAK"), "{text}");
         assert!(

@@ -24,8 +24,8 @@ use super::{
     registry::Registry,
 };
 use crate::{
-    analyze::{Moment, OLD_AFTER_INTERVALS, Sort, Suppressions},
-    attach::{Attacher, Image, ImageError, Scope},
+    analyze::{self, Moment, OLD_AFTER_INTERVALS, Plumbing, Sort, Suppressions},
+    attach::{self, Attacher, Image, ImageError, Scope},
     kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
     snapshot::Snapshot,
@@ -33,6 +33,9 @@ use crate::{
 };
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Reports of a process with not one allocation or free seen before leakbpf says so.
+const SILENT_REPORTS: u64 = 3;
 
 /// Stacks sent to the symbolizer in one request.
 const SYMBOLIZE_AT_ONCE: usize = 256;
@@ -51,6 +54,7 @@ pub struct LoopSettings {
     pub verbose: bool,
     pub sort: Sort,
     pub suppressions: Suppressions,
+    pub plumbing: Plumbing,
 }
 
 /// What the final reports said, for the exit status of a CI gate.
@@ -165,6 +169,7 @@ impl EventLoop {
             self.handle_events(ring.get_mut()).await?;
         }
         self.report_interval(true).await?;
+        self.attacher.programs().detach_all();
         Ok(self.verdicts)
     }
 
@@ -357,7 +362,8 @@ impl EventLoop {
         // once would be the agent's peak memory.
         while !requests.is_empty() {
             let rest = requests.split_off(requests.len().saturating_sub(SYMBOLIZE_AT_ONCE));
-            for (id, frames) in self.symbolizer.symbolize(owner, rest).await? {
+            for (id, mut frames) in self.symbolizer.symbolize(owner, rest).await? {
+                self.settings.plumbing.mark(&mut frames);
                 process.frames.insert(id, Arc::from(frames));
             }
         }
@@ -427,17 +433,21 @@ impl EventLoop {
             self.settings.top,
             self.settings.sort,
         );
+        // Every site named: stacks that differ only inside allocation plumbing are one
+        // site, and suppressions match any site's frames. (Most were named as they came.)
+        self.symbolize(pid, sites.iter().map(|s| s.stack_id).collect())
+            .await?;
         let Some(process) = self.registry.get_mut(pid) else {
             return Ok(());
         };
+        let frames = &process.frames;
+        let sites = analyze::fold(sites, |id| {
+            frames
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(Vec::new()))
+        });
         let ranked = process.history.observe(sites, now_ns, interval, sort);
-        // Suppressions match any site's frames; without them only those shown are named.
-        let named = if self.settings.suppressions.is_empty() {
-            ranked.top_ids(top)
-        } else {
-            ranked.ids()
-        };
-        self.symbolize(pid, named).await?;
         let counters = self
             .maps
             .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;
@@ -445,6 +455,22 @@ impl EventLoop {
             return Ok(());
         };
         process.reports += 1;
+        let silent = counters.allocations + counters.frees + counters.unknown_frees == 0;
+        if silent && process.reports == SILENT_REPORTS && self.settings.mode != Mode::All {
+            // An allocator leakbpf does not probe must never pass for a quiet process.
+            let providers = attach::malloc_providers(pid);
+            eprintln!(
+                "leakbpf: warning: pid {pid}: no allocation or free seen in {} reports: it \
+                 does not allocate, or allocates through code leakbpf does not probe \
+                 (malloc is defined in: {})",
+                process.reports,
+                if providers.is_empty() {
+                    "no object it maps".to_owned()
+                } else {
+                    providers.join(", ")
+                }
+            );
+        }
         let moment = Moment {
             pid: pid.get(),
             number: process.reports,

@@ -25,7 +25,7 @@ use self::{
     supervisor::TracedChild,
 };
 use crate::{
-    analyze::{Sort, Suppressions},
+    analyze::{Plumbing, Sort, Suppressions},
     attach::{self, Attacher, Image, Probed, Programs, Scope},
     kernel::{self, Capacity, LoadSettings, Mode},
     output::{Format, Output},
@@ -60,6 +60,9 @@ pub struct Settings {
     pub follow_forks: bool,
     pub sort: Sort,
     pub suppressions: Suppressions,
+    pub plumbing: Plumbing,
+    /// The table shows allocation plumbing frames too.
+    pub show_alloc_frames: bool,
 }
 
 /// Traces the targets until the run ends; returns what the final reports said.
@@ -70,6 +73,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         settings.format,
         settings.output.as_deref(),
         settings.output_mode,
+        settings.show_alloc_frames,
     )?;
     let prefix = settings.symbol_prefix.clone();
     // A started command is planned at its exec, when its new image is there to read;
@@ -209,6 +213,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             verbose: settings.verbose,
             sort: settings.sort,
             suppressions: settings.suppressions,
+            plumbing: settings.plumbing,
         },
         registry: Registry::new(&pids),
         attacher,

@@ -235,6 +235,7 @@ fn frames_at(address: u64, symbol: Option<Symbol>, location: Option<(String, u64
                 file,
                 line: line.flatten(),
                 inlined: index != last,
+                allocator: false,
             }
         })
         .collect()

@@ -189,21 +189,27 @@ fn the_static_binary_is_static_checksummed_and_says_what_it_was_built_from() {
 /// directory is removed: a failing test leaves no mount behind.
 struct Chroot {
     dir: Option<TempDir>,
+    /// What it mounted, to unmount.
+    mounts: Vec<PathBuf>,
 }
 
 impl Chroot {
     fn new(programs: &[&str]) -> Self {
+        let binary = dist_binary();
         let dir = tempfile::Builder::new()
             .prefix("leakbpf-chroot.")
             .tempdir()
             .expect("a temporary directory");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let chroot = Self { dir: Some(dir) };
+        let mut chroot = Self {
+            dir: Some(dir),
+            mounts: Vec::new(),
+        };
         let copy = |from: &Path| {
             let to = chroot.path().join(from.file_name().expect("a file name"));
             fs::copy(from, &to).unwrap_or_else(|err| panic!("copy {}: {err}", from.display()));
         };
-        copy(&dist_binary());
+        copy(&binary);
         for program in programs {
             copy(Path::new(program));
         }
@@ -211,6 +217,7 @@ impl Chroot {
             let point = chroot.path().join(dir);
             fs::create_dir(&point).expect("mkdir");
             mount(fstype, &point);
+            chroot.mounts.push(point);
         }
         assert!(
             chroot.path().join("sys/kernel/tracing").is_dir(),
@@ -263,8 +270,7 @@ impl Chroot {
 impl Drop for Chroot {
     fn drop(&mut self) {
         let mut unmounted = true;
-        for dir in ["sys", "proc"] {
-            let point = self.path().join(dir);
+        for point in self.mounts.iter().rev() {
             let c_point = CString::new(point.as_os_str().as_bytes()).expect("no NUL");
             // SAFETY: a NUL-terminated path alive for the call. MNT_DETACH takes the
             // mounts below too (tracefs, if leakbpf mounted it), busy or not.

@@ -114,11 +114,8 @@ pub fn run(settings: Settings) -> Result<()> {
             None
         }
     };
-    let delete_probed = targets
-        .iter()
-        .flat_map(|(_, probes)| probes)
-        .any(|p| p.probed == probes::Probed::Delete);
-    let (mut tracer, mut maps) = Tracer::load(settings.capacity, mode, delete_probed, fields)?;
+    let (mut tracer, mut maps) =
+        Tracer::load(settings.capacity, mode, settings.follow_forks, fields)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -135,7 +132,7 @@ pub fn run(settings: Settings) -> Result<()> {
         (None, _) => runtime.block_on(async { Lifetime::watch(&pids) })?,
     };
     if fields.is_some() {
-        tracer.attach_process_tracepoints(settings.follow_forks)?;
+        tracer.attach_process_tracepoints()?;
     }
     for (pid, probes) in &targets {
         if mode == Mode::Set {

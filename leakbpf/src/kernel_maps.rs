@@ -24,6 +24,8 @@ pub struct Counters {
     pub stack_failures: u64,
     pub dropped_allocations: u64,
     pub dropped_calls: u64,
+    pub probe_errors: u64,
+    pub lost_events: u64,
 }
 
 /// One call site's outstanding allocations, as drained.
@@ -123,6 +125,8 @@ impl KernelMaps {
             stack_failures: total(Counter::StackFailures),
             dropped_allocations: total(Counter::DroppedAllocations),
             dropped_calls: total(Counter::DroppedCalls),
+            probe_errors: total(Counter::ProbeErrors),
+            lost_events: total(Counter::LostEvents),
         })
     }
 

@@ -39,6 +39,8 @@ pub struct Process {
     pid: NonZeroU32,
     builder: ReportBuilder,
     reports: u64,
+    /// Processes it created that are not traced (no `--follow-forks`).
+    spawned: u64,
 }
 
 impl Process {
@@ -47,6 +49,7 @@ impl Process {
             pid,
             builder: ReportBuilder::default(),
             reports: 0,
+            spawned: 0,
         }
     }
 }
@@ -193,6 +196,15 @@ impl Monitor {
                     if let Some(parent) = u32::try_from(event.value).ok().and_then(NonZeroU32::new)
                     {
                         self.map_of.insert(pid, parent);
+                    }
+                }
+                Some(EventKind::Spawned) => {
+                    if let Some(parent) = self
+                        .processes
+                        .iter_mut()
+                        .find(|p| u64::from(p.pid.get()) == event.value)
+                    {
+                        parent.spawned += 1;
                     }
                 }
                 Some(EventKind::Exec) if self.starting == Some(pid) => self.starting = None,
@@ -402,6 +414,13 @@ impl Monitor {
                 .unwrap_or_else(|| Arc::from(Vec::new()))
         });
         self.output.write(&report)?;
+        if is_final && process.spawned > 0 {
+            eprintln!(
+                "leakbpf: pid {pid} started {} processes that were not traced \
+                 (--follow-forks traces them)",
+                process.spawned
+            );
+        }
         Ok(())
     }
 }

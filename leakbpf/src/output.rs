@@ -163,20 +163,28 @@ pub fn table(report: &Report) -> String {
         "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures",
         c.allocations, c.frees, c.unknown_frees, c.failed_allocations, c.stack_failures
     );
-    for (count, what, flag) in [
+    for (count, what) in [
         (
             c.dropped_allocations,
-            "allocations were not recorded: the allocation map is full",
-            "--max-allocs",
+            "allocations were not recorded: the allocation map is full (raise --max-allocs)",
         ),
         (
             c.dropped_calls,
             "allocation calls were missed: too many threads allocating at once",
-            "fewer threads",
+        ),
+        (
+            c.probe_errors,
+            "probe errors: calls or process events the eBPF programs could not read were not \
+             recorded (a bug: please report it)",
+        ),
+        (
+            c.lost_events,
+            "events were lost: the event ring was full (a stack may be named late; a fork, \
+             exec or exit may be missed)",
         ),
     ] {
         if count > 0 {
-            let _ = writeln!(out, "  WARNING: {count} {what} (raise {flag})");
+            let _ = writeln!(out, "  WARNING: {count} {what}");
         }
     }
     if report.callsites.is_empty() {
@@ -229,6 +237,58 @@ pub fn table(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        kernel_maps::Counters,
+        report::{SCHEMA_VERSION, Totals},
+    };
+
+    fn report_with(counters: Counters) -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            timestamp: "2026-11-25T10:00:00.000Z".into(),
+            pid: 42,
+            report: 1,
+            is_final: false,
+            interval_s: 5.0,
+            totals: Totals {
+                outstanding_bytes: 0,
+                outstanding_allocations: 0,
+                callsites: 0,
+            },
+            counters,
+            callsites: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn probe_errors_and_lost_events_are_warned_of_when_there_are_some() {
+        let warnings = |counters| -> Vec<String> {
+            table(&report_with(counters))
+                .lines()
+                .filter(|line| line.contains("WARNING"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(warnings(Counters::default()), Vec::<String>::new());
+        let errors = warnings(Counters {
+            probe_errors: 3,
+            ..Counters::default()
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("  WARNING: 3 probe errors: "),
+            "{errors:?}"
+        );
+        let lost = warnings(Counters {
+            lost_events: 2,
+            ..Counters::default()
+        });
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(
+            lost[0].starts_with("  WARNING: 2 events were lost: "),
+            "{lost:?}"
+        );
+    }
 
     #[test]
     fn control_characters_from_the_target_are_escaped() {

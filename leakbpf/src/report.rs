@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Bumped on any change a consumer of the JSON lines would notice.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -225,11 +225,13 @@ mod tests {
         let mut builder = ReportBuilder::default();
         let report = builder.build(moment(1), vec![site(0x1f, 10, 2)], 10, no_frames);
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["schema_version"], 2);
+        assert_eq!(json["schema_version"], 3);
         assert_eq!(json["final"], false);
         assert_eq!(json["callsites"][0]["stack_id"], "0x1f");
         assert_eq!(json["callsites"][0]["average_size"], 5);
         assert_eq!(json["counters"]["dropped_allocations"], 0);
+        assert_eq!(json["counters"]["probe_errors"], 0);
+        assert_eq!(json["counters"]["lost_events"], 0);
         assert_eq!(json["totals"]["outstanding_bytes"], 10);
     }
 }

@@ -14,7 +14,12 @@ use aya::{
     },
 };
 use leakbpf_common::{
-    ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, WrapperFrame, cookie_for, global_names, map_names,
+    ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, Setting, WrapperFrame, cookie_for, global_names,
+    map_names,
+    program_names::{
+        ALLOC_ENTER, ALLOC_EXIT, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, PROCESS_EXEC, PROCESS_EXIT,
+        PROCESS_FORK, TRACEPOINTS, UPROBES, URETPROBES,
+    },
 };
 
 use crate::{
@@ -27,15 +32,6 @@ use crate::{
 /// The object `cargo xtask build-ebpf` builds from `leakbpf-ebpf`, checked by CI to be
 /// exactly what the current source builds to.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/leakbpf.bpf.o");
-
-const ALLOC_ENTER: &str = "alloc_enter";
-const ALLOC_EXIT: &str = "alloc_exit";
-const FREE_ENTER: &str = "free_enter";
-const FLOOR_ENTER: &str = "floor_enter";
-const FLOOR_EXIT: &str = "floor_exit";
-const PROCESS_FORK: &str = "process_fork";
-const PROCESS_EXEC: &str = "process_exec";
-const PROCESS_EXIT: &str = "process_exit";
 
 /// How many entries the kernel maps hold.
 #[derive(Clone, Copy, Debug)]
@@ -115,12 +111,12 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs for `mode`; `fields` are the process tracepoints' offsets, when
-    /// tracefs has them.
+    /// Loads the programs for `mode`, tracing the processes the traced ones create with
+    /// `follow_forks`; `fields` are the process tracepoints' offsets, when tracefs has them.
     pub fn load(
         capacity: Capacity,
         mode: Mode,
-        delete_probed: bool,
+        follow_forks: bool,
         fields: Option<ProcessFields>,
     ) -> Result<(Self, KernelMaps), TracerError> {
         let target = match mode {
@@ -128,7 +124,7 @@ impl Tracer {
             Mode::Set => 0,
             Mode::All => ALL_PROCESSES,
         };
-        let delete_probed = u32::from(delete_probed);
+        let follow_forks = u32::from(follow_forks);
         let fields = fields.unwrap_or(ProcessFields {
             newtask_pid: 0,
             newtask_flags: 0,
@@ -138,7 +134,7 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::TARGET_TGID, &target, true)
             .override_global(global_names::AGENT_TGID, &agent, true)
-            .override_global(global_names::DELETE_PROBED, &delete_probed, true)
+            .override_global(global_names::FOLLOW_FORKS, &follow_forks, true)
             .override_global(global_names::NEWTASK_PID_OFFSET, &fields.newtask_pid, true)
             .override_global(
                 global_names::NEWTASK_FLAGS_OFFSET,
@@ -155,12 +151,12 @@ impl Tracer {
             .map_max_entries(map_names::CALL_SLOTS, call_slots())
             .load(OBJECT)
             .map_err(TracerError::Load)?;
-        for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, FLOOR_ENTER, FLOOR_EXIT] {
+        for name in UPROBES.into_iter().chain(URETPROBES) {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|source| TracerError::Program { name, source })?;
         }
-        for name in [PROCESS_FORK, PROCESS_EXEC, PROCESS_EXIT] {
+        for name in TRACEPOINTS {
             tracepoint(&mut ebpf, name)?
                 .load()
                 .map_err(|source| TracerError::Program { name, source })?;
@@ -188,15 +184,14 @@ impl Tracer {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Attaches the process tracepoints: exec and exit always, fork with
-    /// `follow_forks`.
-    pub fn attach_process_tracepoints(&mut self, follow_forks: bool) -> Result<(), TracerError> {
-        let mut wanted = vec![(PROCESS_EXEC, "sched", "sched_process_exec")];
-        wanted.push((PROCESS_EXIT, "sched", "sched_process_exit"));
-        if follow_forks {
-            wanted.push((PROCESS_FORK, "task", "task_newtask"));
-        }
-        for (name, category, event) in wanted {
+    /// Attaches the process tracepoints: fork (which follows the new process, or tells of
+    /// it), exec and exit.
+    pub fn attach_process_tracepoints(&mut self) -> Result<(), TracerError> {
+        for (name, category, event) in [
+            (PROCESS_EXEC, "sched", "sched_process_exec"),
+            (PROCESS_EXIT, "sched", "sched_process_exit"),
+            (PROCESS_FORK, "task", "task_newtask"),
+        ] {
             tracepoint(&mut self.ebpf, name)?
                 .attach(category, event)
                 .map_err(|source| TracerError::Attach {
@@ -217,6 +212,11 @@ impl Tracer {
         floor: bool,
     ) -> Result<Vec<Attached>, TracerError> {
         self.add_wrapper_calls(probes)?;
+        // Before the probes: a delete's own call of `free` must never count as a free
+        // of an unknown block.
+        if probes.iter().any(|probe| probe.probed == Probed::Delete) {
+            self.switch_on(Setting::DeleteProbed)?;
+        }
         let mut attached = Vec::new();
         for probe in probes {
             let (entry, cookie) = match probe.probed {
@@ -295,15 +295,20 @@ impl Tracer {
                 .insert(call.code, call.frame, 0)
                 .map_err(|source| TracerError::Map { name, source })?;
         }
-        let name = map_names::WRAPPERS_KNOWN;
-        let mut known: Array<_, u32> = self
+        self.switch_on(Setting::WrappersKnown)
+    }
+
+    /// Switches `setting` on for the programs.
+    fn switch_on(&mut self, setting: Setting) -> Result<(), TracerError> {
+        let name = map_names::SETTINGS;
+        let mut settings: Array<_, u32> = self
             .ebpf
             .map_mut(name)
             .ok_or(TracerError::Missing(name))?
             .try_into()
             .map_err(|source| TracerError::Map { name, source })?;
-        known
-            .set(0, 1, 0)
+        settings
+            .set(setting as u32, 1, 0)
             .map_err(|source| TracerError::Map { name, source })
     }
 }

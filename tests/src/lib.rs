@@ -90,7 +90,7 @@ pub fn require_root() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The JSON report (schema_version 2).
+// The JSON report (schema_version 3).
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct Report {
@@ -122,6 +122,8 @@ pub struct Counters {
     pub stack_failures: u64,
     pub dropped_allocations: u64,
     pub dropped_calls: u64,
+    pub probe_errors: u64,
+    pub lost_events: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -260,19 +262,19 @@ pub fn parse_reports(text: &str) -> Vec<Report> {
         .filter(|line| !line.trim().is_empty())
         .map(|line| {
             serde_json::from_str(line)
-                .unwrap_or_else(|err| panic!("not a schema 2 JSON report ({err}): {line}"))
+                .unwrap_or_else(|err| panic!("not a schema 3 JSON report ({err}): {line}"))
         })
         .collect()
 }
 
 /// Checks what every run's reports must satisfy, and returns the final report: all of
-/// `pid`, schema 2, numbered 1, 2, …, callsites ranked 1, 2, … by bytes descending, and
+/// `pid`, schema 3, numbered 1, 2, …, callsites ranked 1, 2, … by bytes descending, and
 /// exactly one final report, the last.
 pub fn check_reports(reports: &[Report], pid: u32) -> &Report {
     assert!(!reports.is_empty(), "leakbpf wrote no report");
     for (index, report) in reports.iter().enumerate() {
         let at = || format!("in report {}", report.describe());
-        assert_eq!(report.schema_version, 2, "{}", at());
+        assert_eq!(report.schema_version, 3, "{}", at());
         assert_eq!(
             report.pid,
             pid,
@@ -969,12 +971,18 @@ pub fn assert_churn_frees_counted(report: &Report, output: &TargetOutput, at_lea
     );
 }
 
-/// leakbpf recorded every allocation: no map overflowed.
+/// leakbpf recorded every allocation and sent every event: no map overflowed, no probe
+/// failed.
 pub fn assert_nothing_dropped(report: &Report) {
     let counters = report.counters;
     assert_eq!(
-        (counters.dropped_allocations, counters.dropped_calls),
-        (0, 0),
+        (
+            counters.dropped_allocations,
+            counters.dropped_calls,
+            counters.probe_errors,
+            counters.lost_events
+        ),
+        (0, 0, 0, 0),
         "leakbpf dropped events: {counters:?}"
     );
 }
@@ -1175,7 +1183,7 @@ mod tests {
     use super::*;
 
     /// The example line of the JSON schema (the README's contract) parses.
-    const EXAMPLE: &str = r#"{"schema_version":2,"timestamp":"2026-11-25T10:00:00.123Z","pid":1234,"report":1,"final":false,"interval_s":5.0,"totals":{"outstanding_bytes":0,"outstanding_allocations":0,"callsites":0},"counters":{"allocations":0,"frees":0,"unknown_frees":0,"failed_allocations":0,"stack_failures":0,"dropped_allocations":0,"dropped_calls":0},"callsites":[{"rank":1,"stack_id":"0x1f2e","bytes":123,"allocations":3,"average_size":41,"oldest_age_s":1.5,"growth_bytes":123,"growth_allocations":3,"frames":[{"address":"0x55d0c0de1234","function":"EventManager::subscribe(std::function<void (Message const&)>)","module":"/abs/path/chat_server","offset":"0x1234","file":"/abs/path/chat_server.cpp","line":42,"inlined":false},{"address":"0x55d0c0de5678","function":null,"module":null,"offset":null,"file":null,"line":null,"inlined":false}]}]}"#;
+    const EXAMPLE: &str = r#"{"schema_version":3,"timestamp":"2026-11-25T10:00:00.123Z","pid":1234,"report":1,"final":false,"interval_s":5.0,"totals":{"outstanding_bytes":0,"outstanding_allocations":0,"callsites":0},"counters":{"allocations":0,"frees":0,"unknown_frees":0,"failed_allocations":0,"stack_failures":0,"dropped_allocations":0,"dropped_calls":0,"probe_errors":0,"lost_events":0},"callsites":[{"rank":1,"stack_id":"0x1f2e","bytes":123,"allocations":3,"average_size":41,"oldest_age_s":1.5,"growth_bytes":123,"growth_allocations":3,"frames":[{"address":"0x55d0c0de1234","function":"EventManager::subscribe(std::function<void (Message const&)>)","module":"/abs/path/chat_server","offset":"0x1234","file":"/abs/path/chat_server.cpp","line":42,"inlined":false},{"address":"0x55d0c0de5678","function":null,"module":null,"offset":null,"file":null,"line":null,"inlined":false}]}]}"#;
 
     #[test]
     fn parses_the_schema_example() {

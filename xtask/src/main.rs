@@ -47,7 +47,7 @@ enum Task {
     },
     /// Benchmark leakbpf against no tool, its floor and peer tools (docs/benchmarks.md)
     Bench(bench::BenchArgs),
-    /// Everything CI checks: setup --ebpf, fmt, clippy, check-ebpf, tests
+    /// Everything CI checks: setup --ebpf, fmt, clippy, clippy-ebpf, check-ebpf, tests
     Test,
 }
 

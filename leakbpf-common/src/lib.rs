@@ -12,8 +12,10 @@ pub mod program_names {
     pub const ALLOC_ENTER: &str = "alloc_enter";
     /// Return of every allocation function: records the block.
     pub const ALLOC_EXIT: &str = "alloc_exit";
-    /// Entry of `free` and of an allocator's own `operator delete`.
+    /// Entry of `free`.
     pub const FREE_ENTER: &str = "free_enter";
+    /// Entry of an allocator's own `operator delete`, which may call the probed `free`.
+    pub const DELETE_ENTER: &str = "delete_enter";
     /// An empty entry program (`--floor`): the cost of the uprobes alone.
     pub const FLOOR_ENTER: &str = "floor_enter";
     /// An empty return program (`--floor`).
@@ -26,7 +28,7 @@ pub mod program_names {
     pub const PROCESS_EXIT: &str = "process_exit";
 
     /// The entry uprobes.
-    pub const UPROBES: [&str; 3] = [ALLOC_ENTER, FREE_ENTER, FLOOR_ENTER];
+    pub const UPROBES: [&str; 4] = [ALLOC_ENTER, FREE_ENTER, DELETE_ENTER, FLOOR_ENTER];
     /// The return uprobes.
     pub const URETPROBES: [&str; 2] = [ALLOC_EXIT, FLOOR_EXIT];
     /// The tracepoint programs.
@@ -65,7 +67,7 @@ pub mod map_names {
     /// What the agent switches on after load, an array of `u32` indexed by
     /// [`Setting`](crate::Setting): non-zero is on.
     pub const SETTINGS: &str = "SETTINGS";
-    /// The block each thread released last, when `operator delete` is probed: tid → address.
+    /// The block each thread's last probed `operator delete` released: tid → address.
     pub const LAST_RELEASED: &str = "LAST_RELEASED";
     /// Per-CPU scratch space for the stack being walked.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
@@ -224,7 +226,8 @@ pub enum Setting {
     /// WRAPPER_CALLS has entries: the stack walk looks its callers up there.
     WrappersKnown = 0,
     /// An allocator's own `operator delete` is probed, which may call the probed `free`
-    /// for the block it just released.
+    /// for the block it just released: a free of an unknown block then looks at the
+    /// thread's last delete.
     DeleteProbed = 1,
 }
 

@@ -48,6 +48,13 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// An allocator's own `operator delete(ptr)`.
+#[uprobe]
+pub fn delete_enter(ctx: ProbeContext) -> u32 {
+    count_failure(record::delete_enter(&ctx));
+    0
+}
+
 /// An empty program, attached by `--floor` wherever an entry program would go: what the
 /// benchmark measures as the cost of the uprobes themselves.
 #[uprobe]

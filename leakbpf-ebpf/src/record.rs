@@ -23,7 +23,7 @@ use crate::{
     calls,
     counters::{ProbeError, count},
     stack,
-    target::{current_task, setting, traced_task},
+    target::{CurrentTask, current_task, setting, traced_task},
 };
 
 /// The userspace agent sets the real size at load time (`--max-allocs`).
@@ -40,9 +40,9 @@ static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(DEFAULT_
 /// a tenth of a second.
 #[map]
 pub(crate) static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
-/// The block each thread released last, kept only when `operator delete` is probed: a
-/// delete that calls the probed `free` for the same block is one free, not a second one
-/// of an unknown block.
+/// The block each thread's last `operator delete` released, when the allocator's own is
+/// probed: a delete that calls the probed `free` for the same block is one free, not a
+/// second one of an unknown block.
 #[map]
 static LAST_RELEASED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS, 0);
 
@@ -179,27 +179,42 @@ pub(crate) fn alloc_exit(ctx: &RetProbeContext) -> Result<(), ProbeError> {
     record(ctx, task.tgid, block, pending.size, pending.stack_id)
 }
 
-/// `free(ptr)`, or an allocator's own `operator delete`.
+/// The block a free function is given, and the thread freeing it; None for NULL, or
+/// outside the traced processes.
 #[inline(always)]
-pub(crate) fn free_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
+fn freed_block(ctx: &ProbeContext) -> Result<Option<(CurrentTask, u64)>, ProbeError> {
     let Some(addr) = ctx.arg::<u64>(0) else {
         return match traced_task() {
             Some(task) => Err(ProbeError(task.tgid)),
-            None => Ok(()),
+            None => Ok(None),
         };
     };
     if addr == 0 {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(task) = traced_task() else {
+    Ok(traced_task().map(|task| (task, addr)))
+}
+
+/// `free(ptr)`, also reached by allocators freeing internally, and by an allocator's
+/// own `operator delete` for the block it just released.
+#[inline(always)]
+pub(crate) fn free_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
+    let Some((task, addr)) = freed_block(ctx)? else {
         return Ok(());
     };
-    if !setting(Setting::DeleteProbed) {
-        if !release(task.tgid, addr) {
-            count(task.tgid, Counter::UnknownFrees);
-        }
-        return Ok(());
+    if !release(task.tgid, addr) && !released_by_delete(task.tid, addr) {
+        count(task.tgid, Counter::UnknownFrees);
     }
+    Ok(())
+}
+
+/// An allocator's own `operator delete(ptr)`: the block is remembered as the thread's
+/// last, since the delete may then call the probed `free` for it.
+#[inline(always)]
+pub(crate) fn delete_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
+    let Some((task, addr)) = freed_block(ctx)? else {
+        return Ok(());
+    };
     let last = LAST_RELEASED.get_ptr_mut(&task.tid);
     if release(task.tgid, addr) {
         match last {
@@ -209,11 +224,20 @@ pub(crate) fn free_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
                 .insert(&task.tid, &addr, 0)
                 .map_err(|_| ProbeError(task.tgid))?,
         }
-    // SAFETY: as above.
+    // SAFETY: as above. (`delete[]` may call the probed `delete` for the same block.)
     } else if last.is_none_or(|last| unsafe { *last } != addr) {
         count(task.tgid, Counter::UnknownFrees);
     }
     Ok(())
+}
+
+/// Whether thread `tid`'s last delete released `addr`. Only an unknown block's free
+/// asks, so a free of a known one pays nothing for the deletes.
+#[inline(always)]
+fn released_by_delete(tid: u32, addr: u64) -> bool {
+    // SAFETY: a plain value copied out of the map.
+    setting(Setting::DeleteProbed)
+        && unsafe { LAST_RELEASED.get(&tid) }.is_some_and(|last| *last == addr)
 }
 
 #[inline(always)]

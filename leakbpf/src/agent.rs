@@ -204,7 +204,7 @@ fn announce(whom: &str, probes: &[Probe], attached: &[Attached], verbose: bool) 
     );
     if verbose {
         for attached in attached {
-            eprintln!("leakbpf:   {:<11} {}", attached.program, attached.probe);
+            eprintln!("leakbpf:   {:<12} {}", attached.program, attached.probe);
         }
         for wrapper in probes.iter().filter(|p| !p.wrapper_calls.is_empty()) {
             eprintln!(

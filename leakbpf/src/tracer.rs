@@ -17,8 +17,8 @@ use leakbpf_common::{
     ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, Setting, WrapperFrame, cookie_for, global_names,
     map_names,
     program_names::{
-        ALLOC_ENTER, ALLOC_EXIT, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, PROCESS_EXEC, PROCESS_EXIT,
-        PROCESS_FORK, TRACEPOINTS, UPROBES, URETPROBES,
+        ALLOC_ENTER, ALLOC_EXIT, DELETE_ENTER, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, PROCESS_EXEC,
+        PROCESS_EXIT, PROCESS_FORK, TRACEPOINTS, UPROBES, URETPROBES,
     },
 };
 
@@ -221,7 +221,8 @@ impl Tracer {
         for probe in probes {
             let (entry, cookie) = match probe.probed {
                 Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
-                Probed::Free | Probed::Delete => (FREE_ENTER, None),
+                Probed::Free => (FREE_ENTER, None),
+                Probed::Delete => (DELETE_ENTER, None),
                 // Stepped over by the stack walk instead (see `frameless`).
                 Probed::New => continue,
             };

@@ -103,6 +103,8 @@ pub struct Counters {
     pub stack_failures: u64,
     pub dropped_allocations: u64,
     pub dropped_calls: u64,
+    pub probe_errors: u64,
+    pub lost_events: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -389,6 +391,8 @@ mod tests {
                 stack_failures: 8,
                 dropped_allocations: 9,
                 dropped_calls: 10,
+                probe_errors: 23,
+                lost_events: 24,
             },
             suppressed: vec![agent::Suppressed {
                 pattern: "^known$".to_owned(),

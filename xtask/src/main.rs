@@ -57,7 +57,7 @@ enum Task {
     /// Build leakbpf for production hosts: one static executable (x86_64 musl), its
     /// SHA-256 and a .deb of it, in target/leakbpf-dist; prints the executable's path last
     Dist,
-    /// Everything CI checks: setup --ebpf, fmt, clippy, check-ebpf, dist, tests
+    /// Everything CI checks: setup --ebpf, fmt, clippy, clippy-ebpf, check-ebpf, dist, tests
     Test,
 }
 

@@ -359,6 +359,8 @@ mod tests {
         assert_eq!(json["callsites"][0]["average_size"], 5);
         assert_eq!(json["callsites"][0]["trend"]["verdict"], "no_leak");
         assert_eq!(json["counters"]["dropped_allocations"], 0);
+        assert_eq!(json["counters"]["probe_errors"], 0);
+        assert_eq!(json["counters"]["lost_events"], 0);
         assert_eq!(json["totals"]["outstanding_bytes"], 10);
         assert_eq!(json["memory"], serde_json::Value::Null);
     }

@@ -16,6 +16,8 @@ mod tracefs;
 
 use std::{fmt::Write as _, num::NonZeroU32};
 
+use leakbpf_common::Setting;
+
 use self::objects::ObjectsError;
 pub use self::{
     plan::{PlanError, Probe, Probed},
@@ -161,6 +163,11 @@ impl Attacher {
         scope: Scope,
     ) -> Result<Attachment, AttachError> {
         maps.add_wrapper_calls(probes.iter().flat_map(|p| &p.wrapper_calls))?;
+        // Before the probes: a delete's own call of `free` must never count as a free of
+        // an unknown block.
+        if probes.iter().any(|probe| probe.probed == Probed::Delete) {
+            maps.switch_on(Setting::DeleteProbed)?;
+        }
         let attached = self.programs.attach(&probes, scope, self.floor)?;
         Ok(Attachment { probes, attached })
     }

@@ -14,13 +14,16 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use leakbpf_common::cookie_for;
+use leakbpf_common::{
+    cookie_for,
+    program_names::{
+        ALLOC_ENTER, ALLOC_EXIT, DELETE_ENTER, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, PROCESS_EXEC,
+        PROCESS_EXIT, PROCESS_FORK,
+    },
+};
 
 use super::plan::{Probe, Probed};
-use crate::kernel::{
-    self, ALLOC_ENTER, ALLOC_EXIT, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, KernelError, PROCESS_EXEC,
-    PROCESS_EXIT, PROCESS_FORK,
-};
+use crate::kernel::{self, KernelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -112,15 +115,14 @@ impl Programs {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Attaches the process tracepoints: exec and exit always, fork with
-    /// `follow_forks`.
-    pub fn attach_process_tracepoints(&mut self, follow_forks: bool) -> Result<(), AttachError> {
-        let mut wanted = vec![(PROCESS_EXEC, "sched", "sched_process_exec")];
-        wanted.push((PROCESS_EXIT, "sched", "sched_process_exit"));
-        if follow_forks {
-            wanted.push((PROCESS_FORK, "task", "task_newtask"));
-        }
-        for (name, category, event) in wanted {
+    /// Attaches the process tracepoints: fork (which follows the new process, or tells of
+    /// it), exec and exit.
+    pub fn attach_process_tracepoints(&mut self) -> Result<(), AttachError> {
+        for (name, category, event) in [
+            (PROCESS_EXEC, "sched", "sched_process_exec"),
+            (PROCESS_EXIT, "sched", "sched_process_exit"),
+            (PROCESS_FORK, "task", "task_newtask"),
+        ] {
             let link = kernel::program::<TracePoint>(&mut self.ebpf, name)?
                 .attach(category, event)
                 .map_err(|source| AttachError::Attach {
@@ -145,7 +147,8 @@ impl Programs {
         for probe in probes {
             let (entry, cookie) = match probe.probed {
                 Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
-                Probed::Free | Probed::Delete => (FREE_ENTER, None),
+                Probed::Free => (FREE_ENTER, None),
+                Probed::Delete => (DELETE_ENTER, None),
                 // Stepped over by the stack walk instead (see `frameless`).
                 Probed::New => continue,
             };

@@ -94,20 +94,28 @@ pub fn table(report: &Snapshot, all_frames: bool) -> String {
         "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures",
         c.allocations, c.frees, c.unknown_frees, c.failed_allocations, c.stack_failures
     );
-    for (count, what, flag) in [
+    for (count, what) in [
         (
             c.dropped_allocations,
-            "allocations were not recorded: the allocation map is full",
-            "--max-allocs",
+            "allocations were not recorded: the allocation map is full (raise --max-allocs)",
         ),
         (
             c.dropped_calls,
             "allocation calls were missed: too many threads allocating at once",
-            "fewer threads",
+        ),
+        (
+            c.probe_errors,
+            "probe errors: calls or process events the eBPF programs could not read were not \
+             recorded (a bug: please report it)",
+        ),
+        (
+            c.lost_events,
+            "events were lost: the event ring was full (a stack may be named late; a fork, \
+             exec or exit may be missed)",
         ),
     ] {
         if count > 0 {
-            let _ = writeln!(out, "  WARNING: {count} {what} (raise {flag})");
+            let _ = writeln!(out, "  WARNING: {count} {what}");
         }
     }
     if let Some(memory) = &report.memory {
@@ -259,6 +267,7 @@ fn signed_mib(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Counters;
 
     #[test]
     fn shows_verdicts_with_their_evidence_and_the_memory() {
@@ -278,6 +287,38 @@ mod tests {
         assert!(
             text.contains("verdicts: 1 call sites leak, 0 suspect"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn probe_errors_and_lost_events_are_warned_of_when_there_are_some() {
+        let warnings = |counters| -> Vec<String> {
+            let mut snapshot = crate::snapshot::example();
+            snapshot.counters = counters;
+            table(&snapshot, false)
+                .lines()
+                .filter(|line| line.contains("WARNING"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(warnings(Counters::default()), Vec::<String>::new());
+        let errors = warnings(Counters {
+            probe_errors: 3,
+            ..Counters::default()
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("  WARNING: 3 probe errors: "),
+            "{errors:?}"
+        );
+        let lost = warnings(Counters {
+            lost_events: 2,
+            ..Counters::default()
+        });
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(
+            lost[0].starts_with("  WARNING: 2 events were lost: "),
+            "{lost:?}"
         );
     }
 

@@ -254,6 +254,11 @@ impl EventLoop {
                     eprintln!("leakbpf: following pid {pid} (from pid {})", event.value);
                     self.registry.add(pid, parent);
                 }
+                Some(EventKind::Spawned) => {
+                    if let Some(parent) = parent.and_then(|parent| self.registry.get_mut(parent)) {
+                        parent.untraced_children += 1;
+                    }
+                }
                 Some(EventKind::Exec) if self.starting == Some(pid) => self.starting = None,
                 Some(EventKind::Exec) if self.registry.contains(pid) => {
                     // The old image's stacks go with its blocks.
@@ -496,6 +501,13 @@ impl EventLoop {
             self.verdicts.record(&snapshot);
         }
         self.output.write(&snapshot)?;
+        if is_final && process.untraced_children > 0 {
+            eprintln!(
+                "leakbpf: pid {pid} started {} processes that were not traced \
+                 (--follow-forks traces them)",
+                process.untraced_children
+            );
+        }
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use self::{
 };
 use crate::{
     analyze::{Plumbing, Sort, Suppressions},
-    attach::{self, Attacher, Image, Probed, Programs, Scope},
+    attach::{self, Attacher, Image, Programs, Scope},
     kernel::{self, Capacity, LoadSettings, Mode},
     output::{Format, Output},
     symbolize::SymbolizerHandle,
@@ -130,16 +130,10 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             None
         }
     };
-    // A started command's allocator is only known at its exec: assume the worst.
-    let delete_probed = child.is_some()
-        || plans
-            .iter()
-            .flat_map(|(_, probes)| probes)
-            .any(|p| p.probed == Probed::Delete);
     let (ebpf, mut maps) = kernel::load(&LoadSettings {
         capacity: settings.capacity,
         mode,
-        delete_probed,
+        follow_forks: settings.follow_forks,
         fields,
     })?;
     let mut attacher = Attacher::new(Programs::new(ebpf), prefix, settings.floor);
@@ -160,9 +154,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         (None, _) => runtime.block_on(async { Lifetime::watch(&pids) })?,
     };
     if fields.is_some() {
-        attacher
-            .programs()
-            .attach_process_tracepoints(settings.follow_forks)?;
+        attacher.programs().attach_process_tracepoints()?;
     }
     if mode == Mode::Set {
         for pid in &pids {

@@ -3,7 +3,7 @@
 //! `-dirty` when the sources that go into the binary differ from it, `unknown` outside a
 //! git checkout or without git) and `LEAKBPF_BUILD_TARGET`.
 
-use std::{env, process::Command};
+use std::{env, path::Path, process::Command};
 
 /// What goes into the binary, relative to this package: a change here makes it dirty.
 const SOURCES: [&str; 4] = [".", "../leakbpf-common", "../Cargo.toml", "../Cargo.lock"];
@@ -27,8 +27,12 @@ fn main() {
         Some(hash) => {
             let branch = git(&["symbolic-ref", "--quiet", "HEAD"]);
             for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
-                if let Some(path) = git(&["rev-parse", "--git-path", name]) {
-                    println!("cargo:rerun-if-changed={path}");
+                // A path that does not exist would rerun this on every build.
+                match git(&["rev-parse", "--git-path", name]) {
+                    Some(path) if Path::new(&path).exists() => {
+                        println!("cargo:rerun-if-changed={path}");
+                    }
+                    _ => {}
                 }
             }
             let changes = git(&["status", "--porcelain", "--untracked-files=no", "--"]

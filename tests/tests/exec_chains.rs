@@ -30,6 +30,10 @@ const FUNCTIONS: [&str; 10] = [
 ];
 
 const ARGS: [&str; 2] = ["--top", "1000"];
+/// A shorter churn than the leaker's own (540,000 frees, enough for the allocator checks):
+/// these tests are about who is probed, and jemalloc's `free` is probed on an instruction
+/// the kernel single-steps.
+const ROUNDS: [&str; 2] = ["--rounds", "90000"];
 
 /// An executable file `name` in `dir` holding `text`.
 fn script(dir: &Path, name: &str, text: &str) -> String {
@@ -65,7 +69,12 @@ fn env_preloading_jemalloc_for_the_program_alone() {
         "cargo xtask setup installs libjemalloc2"
     );
     let preload = format!("LD_PRELOAD={LIBJEMALLOC}");
-    let run = trace_spawn(LEAKBPF, "env", &[&preload, LEAKER], &ARGS);
+    let run = trace_spawn(
+        LEAKBPF,
+        "env",
+        &[&preload, LEAKER, ROUNDS[0], ROUNDS[1]],
+        &ARGS,
+    );
     assert_exact_with(&run, "libjemalloc.so.2");
 }
 
@@ -73,7 +82,12 @@ fn env_preloading_jemalloc_for_the_program_alone() {
 fn env_preloading_tcmalloc_by_its_symlink() {
     require_root();
     let preload = format!("LD_PRELOAD={LIBTCMALLOC}");
-    let run = trace_spawn(LEAKBPF, "env", &[&preload, LEAKER], &ARGS);
+    let run = trace_spawn(
+        LEAKBPF,
+        "env",
+        &[&preload, LEAKER, ROUNDS[0], ROUNDS[1]],
+        &ARGS,
+    );
     assert_exact_with(&run, "libtcmalloc_minimal.so.4");
 }
 
@@ -82,7 +96,7 @@ fn a_shebang_launcher_that_execs_the_program() {
     require_root();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let launcher = script(dir.path(), "launch", "#!/bin/sh\nexec nice -n 1 \"$@\"\n");
-    let run = trace_spawn(LEAKBPF, &launcher, &[LEAKER], &ARGS);
+    let run = trace_spawn(LEAKBPF, &launcher, &[LEAKER, ROUNDS[0], ROUNDS[1]], &ARGS);
     assert_exact_with(&run, "libc.so.6");
 }
 
@@ -100,7 +114,7 @@ fn two_launchers_deep_the_inner_one_preloading() {
         "outer",
         "#!/bin/sh\nexec \"$(dirname \"$0\")/inner\" env LEAKBPF_LAUNCHED=1 \"$@\"\n",
     );
-    let run = trace_spawn(LEAKBPF, &outer, &[LEAKER], &ARGS);
+    let run = trace_spawn(LEAKBPF, &outer, &[LEAKER, ROUNDS[0], ROUNDS[1]], &ARGS);
     assert_exact_with(&run, "libjemalloc.so.2");
 }
 
@@ -139,7 +153,7 @@ fn a_pyenv_style_shim_found_in_path() {
         LEAKBPF,
         Traced::FromSpawn,
         "leaker",
-        &[],
+        &ROUNDS,
         &ARGS,
         &[("PATH", &path), ("MANAGER_ROOT", &manager_root)],
     );

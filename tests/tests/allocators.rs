@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use leakbpf_tests::{
-    JEMALLOC_LINKED, LEAKER, MIMALLOC_LINKED, PREFIXED, STATIC_GLIBC, TCMALLOC_NEW, Traced,
-    assert_allocator_run, require_root, trace,
+    JEMALLOC_LINKED, LEAKER, LEAKER_FUNCTIONS, MIMALLOC_LINKED, PREFIXED, STATIC_GLIBC,
+    STATIC_GLIBC_FUNCTIONS, TCMALLOC_NEW, Traced, assert_allocator_run, require_root, trace,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -17,20 +17,6 @@ const TOP: [&str; 2] = ["--top", "1000"];
 
 /// Debian's libjemalloc2.
 const LIBJEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
-
-/// leaker.c's leaking functions.
-const LEAKER_FUNCTIONS: [&str; 10] = [
-    "leak_malloc",
-    "leak_calloc",
-    "leak_realloc_grow",
-    "leak_realloc_shrink",
-    "leak_reallocarray",
-    "leak_posix_memalign",
-    "leak_aligned_alloc",
-    "leak_memalign",
-    "leak_valloc",
-    "leak_pvalloc",
-];
 
 /// A target and how to trace it.
 struct Case {
@@ -187,13 +173,7 @@ cases! {
     /// no libc.so and no dynamic loader to find it through.
     static_glibc: Case {
         target: STATIC_GLIBC,
-        functions: &[
-            "leak_malloc",
-            "leak_calloc",
-            "leak_realloc",
-            "leak_posix_memalign",
-            "leak_aligned_alloc",
-        ],
+        functions: &STATIC_GLIBC_FUNCTIONS,
         leakbpf_args: &TOP,
         preload: None,
     } => [by_pid, from_spawn];

@@ -6,7 +6,9 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use leakbpf_tests::{LEAKER, Run, Traced, assert_allocator_run, require_root, trace, trace_spawn};
+use leakbpf_tests::{
+    LEAKER, LEAKER_FUNCTIONS, Run, Traced, assert_allocator_run, require_root, trace, trace_spawn,
+};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -14,20 +16,6 @@ const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 /// preload it with (a symlink to the versioned file the process maps).
 const LIBJEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 const LIBTCMALLOC: &str = "libtcmalloc_minimal.so.4";
-
-/// leaker.c's leaking functions.
-const FUNCTIONS: [&str; 10] = [
-    "leak_malloc",
-    "leak_calloc",
-    "leak_realloc_grow",
-    "leak_realloc_shrink",
-    "leak_reallocarray",
-    "leak_posix_memalign",
-    "leak_aligned_alloc",
-    "leak_memalign",
-    "leak_valloc",
-    "leak_pvalloc",
-];
 
 const ARGS: [&str; 2] = ["--top", "1000"];
 /// A shorter churn than the leaker's own (540,000 frees, enough for the allocator checks):

@@ -36,7 +36,7 @@ fn assert_exact_with(run: &Run, object: &str) {
     assert_allocator_run(
         run.final_report(),
         &run.truth,
-        &FUNCTIONS,
+        &LEAKER_FUNCTIONS,
         Traced::FromSpawn,
     );
     assert!(

@@ -22,6 +22,7 @@ fn report(function: &str, module: &str, file: &str) -> Snapshot {
         function: Some(function.to_owned()),
         module: Some(module.to_owned()),
         offset: Some(0x1b2e),
+        build_id: Some("5ac1e4f0".to_owned()),
         file: file.map(str::to_owned),
         line: Some(7),
         inlined: false,

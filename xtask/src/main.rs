@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the tests and the demo need (apt packages g++, make, bpftool, util-linux)
+    /// Install what the tests and the demo need (apt packages: g++, make, bpftool, the
+    /// allocators, and the output tests' readers: golang-go, prometheus, chromium)
     Setup {
         /// Also the eBPF toolchain (nightly + rust-src, or Debian's rustc-web + LLVM 22;
         /// and bpf-linker)

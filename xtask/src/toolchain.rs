@@ -17,8 +17,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 
-/// What the tests and the demo need (Debian package names): the compilers, bpftool, and
-/// the allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc).
+/// What the tests and the demo need (Debian package names): the compilers, bpftool, the
+/// allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc), and the
+/// real readers of leakbpf's outputs that the output tests run: `go tool pprof`
+/// (golang-go), a Prometheus server and promtool (prometheus), headless Chromium for
+/// the flame graph.
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -27,9 +30,20 @@ const BASE_PACKAGES: &[&str] = &[
     "libjemalloc-dev",
     "libtcmalloc-minimal4",
     "libmimalloc-dev",
+    "golang-go",
+    "prometheus",
+    "chromium",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
-const BASE_COMMANDS: &[&str] = &["g++", "make", "bpftool"];
+const BASE_COMMANDS: &[&str] = &[
+    "g++",
+    "make",
+    "bpftool",
+    "go",
+    "prometheus",
+    "promtool",
+    "chromium",
+];
 /// The Debian route's compiler, standard library sources and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[
     "rustc-web",

@@ -28,6 +28,7 @@ use crate::{
     attach::{Attacher, Image, ImageError, Scope},
     kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
+    serve::Latest,
     snapshot::Snapshot,
     symbolize::{StackRequest, SymbolizerHandle},
 };
@@ -80,6 +81,8 @@ pub struct EventLoop {
     pub attacher: Attacher,
     pub maps: KernelMaps,
     pub output: Output,
+    /// With `--http`: where the latest reports are published for the server.
+    pub latest: Option<Latest>,
     pub symbolizer: SymbolizerHandle,
     /// The command leakbpf started: its execs are held, and attached to, by ptrace.
     pub started: Option<NonZeroU32>,
@@ -165,6 +168,7 @@ impl EventLoop {
             self.handle_events(ring.get_mut()).await?;
         }
         self.report_interval(true).await?;
+        self.output.finish()?;
         Ok(self.verdicts)
     }
 
@@ -325,7 +329,11 @@ impl EventLoop {
             let status = status.unwrap_or_else(|| "exited".to_owned());
             eprintln!("leakbpf: pid {pid} {status}");
             let sites = self.drain()?.remove(&pid.get()).unwrap_or_default();
-            self.report(pid, sites, true).await?;
+            if let (Some(snapshot), Some(latest)) =
+                (self.report(pid, sites, true).await?, &self.latest)
+            {
+                latest.update(snapshot);
+            }
         }
         // With one traced process, the kernel's counters are its own and outlive it.
         let forget = self.settings.mode != Mode::One(pid);
@@ -406,20 +414,25 @@ impl EventLoop {
                 summaries.iter().map(|s| s.pid).collect()
             }
         };
+        let mut round = Vec::new();
         for pid in pids {
             let sites = drained.remove(&pid.get()).unwrap_or_default();
-            self.report(pid, sites, is_final).await?;
+            round.extend(self.report(pid, sites, is_final).await?);
+        }
+        if let Some(latest) = &self.latest {
+            latest.replace(round);
         }
         Ok(())
     }
 
-    /// Writes a report on process `pid`, holding `sites`.
+    /// Writes a report on process `pid`, holding `sites`, and returns it (None when the
+    /// process is not traced).
     async fn report(
         &mut self,
         pid: NonZeroU32,
         sites: Vec<SiteState>,
         is_final: bool,
-    ) -> Result<()> {
+    ) -> Result<Option<Snapshot>> {
         self.registry.add(pid, None);
         let now_ns = kernel::boot_time_ns();
         let (interval, top, sort) = (
@@ -428,7 +441,7 @@ impl EventLoop {
             self.settings.sort,
         );
         let Some(process) = self.registry.get_mut(pid) else {
-            return Ok(());
+            return Ok(None);
         };
         let ranked = process.history.observe(sites, now_ns, interval, sort);
         // Suppressions match any site's frames; without them only those shown are named.
@@ -442,7 +455,7 @@ impl EventLoop {
             .maps
             .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;
         let Some(process) = self.registry.get_mut(pid) else {
-            return Ok(());
+            return Ok(None);
         };
         process.reports += 1;
         let moment = Moment {
@@ -470,7 +483,7 @@ impl EventLoop {
             self.verdicts.record(&snapshot);
         }
         self.output.write(&snapshot)?;
-        Ok(())
+        Ok(Some(snapshot))
     }
 }
 

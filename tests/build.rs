@@ -5,13 +5,14 @@
 use std::{env, path::PathBuf, process::Command};
 
 /// The programs the Makefile builds.
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "chat_server",
     "leaker",
     "threads",
     "early",
     "rust_leaker",
     "patterns",
+    "wrappers",
 ];
 /// Process trees and new images: forks (a grandchild, an exec among them), an exec into
 /// the same program or into its static build, gigabytes leaked for `--all`.

@@ -5,6 +5,36 @@
 //! map key (a hash map compares keys byte by byte).
 #![cfg_attr(target_arch = "bpf", no_std)]
 
+/// Names of the programs, as the eBPF object defines them and userspace loads them.
+pub mod program_names {
+    /// Entry of every allocation function; the attach cookie says which
+    /// [`AllocKind`](crate::AllocKind).
+    pub const ALLOC_ENTER: &str = "alloc_enter";
+    /// Return of every allocation function: records the block.
+    pub const ALLOC_EXIT: &str = "alloc_exit";
+    /// Entry of `free`.
+    pub const FREE_ENTER: &str = "free_enter";
+    /// Entry of an allocator's own `operator delete`, which may call the probed `free`.
+    pub const DELETE_ENTER: &str = "delete_enter";
+    /// An empty entry program (`--floor`): the cost of the uprobes alone.
+    pub const FLOOR_ENTER: &str = "floor_enter";
+    /// An empty return program (`--floor`).
+    pub const FLOOR_EXIT: &str = "floor_exit";
+    /// `task/task_newtask`: a traced process created another.
+    pub const PROCESS_FORK: &str = "process_fork";
+    /// `sched/sched_process_exec`: a traced process called exec.
+    pub const PROCESS_EXEC: &str = "process_exec";
+    /// `sched/sched_process_exit`: a thread exited.
+    pub const PROCESS_EXIT: &str = "process_exit";
+
+    /// The entry uprobes.
+    pub const UPROBES: [&str; 4] = [ALLOC_ENTER, FREE_ENTER, DELETE_ENTER, FLOOR_ENTER];
+    /// The return uprobes.
+    pub const URETPROBES: [&str; 2] = [ALLOC_EXIT, FLOOR_EXIT];
+    /// The tracepoint programs.
+    pub const TRACEPOINTS: [&str; 3] = [PROCESS_FORK, PROCESS_EXEC, PROCESS_EXIT];
+}
+
 /// Names of the maps, as the eBPF object declares them and userspace looks them up.
 pub mod map_names {
     /// Outstanding allocations: [`AllocKey`](crate::AllocKey) → [`AllocInfo`](crate::AllocInfo).
@@ -25,19 +55,53 @@ pub mod map_names {
     /// Allocation calls in flight, an array indexed by thread id →
     /// [`Pending`](crate::Pending); the agent sizes it ([`MAX_CALL_SLOTS`](crate::MAX_CALL_SLOTS)).
     pub const CALL_SLOTS: &str = "CALL_SLOTS";
+    /// Allocation calls in flight of threads whose id is beyond CALL_SLOTS: tid →
+    /// [`Pending`](crate::Pending).
+    pub const OTHER_CALLS: &str = "OTHER_CALLS";
     /// Calls made by frameless allocation wrappers (`operator new`), recognised by the
     /// code around their return address (two little-endian words) → the size of the
     /// wrapper's frame there, which the stack walk steps over.
     pub const WRAPPER_CALLS: &str = "WRAPPER_CALLS";
-    /// One `u32`, non-zero once WRAPPER_CALLS has entries, so the stack walk looks there.
-    pub const WRAPPERS_KNOWN: &str = "WRAPPERS_KNOWN";
-    /// The block each thread released last, when `operator delete` is probed: tid → address.
+    /// Per-CPU cache of return addresses found to be wrapper calls, or not.
+    pub const WRAPPER_CACHE: &str = "WRAPPER_CACHE";
+    /// What the agent switches on after load, an array of `u32` indexed by
+    /// [`Setting`](crate::Setting): non-zero is on.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// The block each thread's last probed `operator delete` released: tid → address.
     pub const LAST_RELEASED: &str = "LAST_RELEASED";
     /// Per-CPU scratch space for the stack being walked.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Per-CPU copy of the words above the stack pointer, read at once by the stack walk.
+    pub const STACK_WINDOW: &str = "STACK_WINDOW";
+    /// Per-CPU table of stack ids known to be in STACKS.
+    pub const KNOWN_STACKS: &str = "KNOWN_STACKS";
     /// Ring buffer of [`Event`](crate::Event)s: new stacks, and the traced processes'
     /// forks, execs and exits.
     pub const EVENTS: &str = "EVENTS";
+    /// aya-log's records (the eBPF side's warnings, shown by `--verbose`): declared by
+    /// aya-log-ebpf, read by aya-log.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+
+    /// Every map the eBPF object declares.
+    pub const ALL: [&str; 17] = [
+        ALLOCS,
+        STACKS,
+        CLOCK,
+        COUNTERS,
+        PROCESS_COUNTERS,
+        TRACED_PIDS,
+        CALL_SLOTS,
+        OTHER_CALLS,
+        WRAPPER_CALLS,
+        WRAPPER_CACHE,
+        SETTINGS,
+        LAST_RELEASED,
+        STACK_SCRATCH,
+        STACK_WINDOW,
+        KNOWN_STACKS,
+        EVENTS,
+        AYA_LOGS,
+    ];
 }
 
 /// Names of the read-only globals the agent sets when it loads the programs.
@@ -48,6 +112,10 @@ pub mod global_names {
     /// The agent's own tgid (`u32`), never traced: with `--all` its own allocations
     /// would feed back into what it reports.
     pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// Non-zero with `--follow-forks` (`u32`): a traced process's new processes are
+    /// traced ([`EventKind::Fork`](crate::EventKind::Fork)); else they are only
+    /// announced ([`EventKind::Spawned`](crate::EventKind::Spawned)).
+    pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
     /// Where `task/task_newtask`'s record has the new task's pid (`u32`).
     pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     /// Where `task/task_newtask`'s record has the clone flags (`u32`).
@@ -55,9 +123,6 @@ pub mod global_names {
     /// Where `sched/sched_process_exit`'s record has `group_dead` (`u32`), or
     /// [`NO_FIELD`](crate::NO_FIELD) on a kernel without it.
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
-    /// Non-zero when an allocator's own `operator delete` is probed, which may call the
-    /// probed `free` for the block it just released (`u32`).
-    pub const DELETE_PROBED: &str = "DELETE_PROBED";
 }
 
 /// [`global_names::TARGET_TGID`] when every process is traced (`--all`).
@@ -141,10 +206,33 @@ pub enum Counter {
     FailedAllocations = 5,
     /// Allocation calls not recorded because the per-thread in-flight map was full.
     DroppedCalls = 6,
+    /// Failures of the programs in a traced process, other than the cases above: an
+    /// argument, out-pointer or tracepoint field that cannot be read, an unknown attach
+    /// cookie or kind, a map that refuses an update. What they were about is not recorded.
+    ProbeErrors = 7,
+    /// Events that could not be sent on the EVENTS ring buffer (it was full).
+    LostEvents = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
+}
+
+/// Indices into the SETTINGS array: what the agent switches on once it attaches the probes
+/// that need it, which for a started command is only known at its exec.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// WRAPPER_CALLS has entries: the stack walk looks its callers up there.
+    WrappersKnown = 0,
+    /// An allocator's own `operator delete` is probed, which may call the probed `free`
+    /// for the block it just released: a free of an unknown block then looks at the
+    /// thread's last delete.
+    DeleteProbed = 1,
+}
+
+impl Setting {
+    pub const COUNT: u32 = 2;
 }
 
 /// Key of an outstanding allocation.
@@ -192,6 +280,9 @@ pub enum EventKind {
     Exec = 2,
     /// Traced process `tgid` ended: its last thread exited.
     Exit = 3,
+    /// A traced process created process `tgid` (`value`: the parent's tgid), which is not
+    /// traced (no `--follow-forks`).
+    Spawned = 4,
 }
 
 impl EventKind {
@@ -201,6 +292,7 @@ impl EventKind {
             1 => Some(EventKind::Fork),
             2 => Some(EventKind::Exec),
             3 => Some(EventKind::Exit),
+            4 => Some(EventKind::Spawned),
             _ => None,
         }
     }

@@ -17,12 +17,12 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_user, generated},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
 };
-use leakbpf_common::{Counter, EventKind, NO_STACK, StackTrace, WrapperFrame};
+use leakbpf_common::{Counter, EventKind, NO_STACK, Setting, StackTrace, WrapperFrame};
 
-use crate::{EEXIST, count, events};
+use crate::{counters::count, events, record::EEXIST, target::setting};
 
 /// The agent sets the real size at load time (`--max-stacks`).
 const DEFAULT_STACKS: u32 = 1024;
@@ -51,11 +51,6 @@ struct CachedCall {
     address: u64,
     frame: WrapperFrame,
 }
-
-/// Non-zero once the agent put calls in [`WRAPPER_CALLS`]: a C program has nothing to
-/// look up. A map, not a constant, since a process may exec a C++ program later.
-#[map]
-static WRAPPERS_KNOWN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 static STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(DEFAULT_STACKS, 0);
@@ -95,7 +90,8 @@ fn walk(ctx: &ProbeContext, tgid: u32) -> Option<u64> {
     let (sp, mut fp) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp) };
     let window = read_window(sp);
     let [mut caller, _] = frame_at(window, sp, sp)?;
-    if WRAPPERS_KNOWN.get(0).is_some_and(|known| *known != 0) {
+    // Off until the agent put calls in WRAPPER_CALLS: a C program has nothing to look up.
+    if setting(Setting::WrappersKnown) {
         (caller, fp) = beyond_wrappers(window, sp, tgid, caller, fp)?;
     }
     trace.frames[0] = caller;
@@ -139,7 +135,7 @@ fn walk(ctx: &ProbeContext, tgid: u32) -> Option<u64> {
     match STACKS.insert(&id, &*trace, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             *known = id;
-            events::emit(EventKind::NewStack, tgid, id);
+            events::emit(EventKind::NewStack, tgid, id, tgid);
         }
         Err(err) if err == -EEXIST => *known = id,
         // The allocation is still recorded with its stack id; only its frames are lost.

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    analyze::{Sort, Suppressions, diff},
+    analyze::{Plumbing, Sort, Suppressions, diff},
     kernel::Capacity,
     output::{self, Format, Output},
     serve,
@@ -117,6 +117,9 @@ pub struct ReportArgs {
     /// Only each process's final report.
     #[arg(long)]
     pub final_only: bool,
+    /// The table shows the allocation plumbing frames of each call site too.
+    #[arg(long)]
+    pub show_alloc_frames: bool,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +161,15 @@ pub struct TraceArgs {
     /// command's exit: LeakSanitizer's view, without a rebuild).
     #[arg(long, value_name = "BYTES")]
     pub fail_on_outstanding: Option<u64>,
+    /// A function of the program's own that wraps the allocator (`my_malloc`, `app_*alloc`:
+    /// `*` and `?` wildcards; repeat for more): call sites are shown at its caller, as
+    /// they are past the runtimes' own plumbing (Rust's alloc, libstdc++'s allocators,
+    /// g_malloc, PyMem_Malloc, CRYPTO_malloc, xmalloc, …).
+    #[arg(long, value_name = "PATTERN")]
+    pub alloc_fn: Vec<String>,
+    /// The table shows the allocation plumbing frames of each call site too.
+    #[arg(long)]
+    pub show_alloc_frames: bool,
     /// Known leaks, in LeakSanitizer's format (`leak:PATTERN` lines): left out of reports
     /// and checks, and listed as suppressed.
     #[arg(long, value_name = "FILE")]
@@ -283,6 +295,8 @@ impl TraceArgs {
             follow_forks: self.follow_forks,
             sort: self.sort,
             suppressions,
+            plumbing: Plumbing::new(&self.alloc_fn).context("bad allocation function pattern")?,
+            show_alloc_frames: self.show_alloc_frames,
         })
     }
 }
@@ -406,6 +420,7 @@ fn report(args: &ReportArgs) -> Result<()> {
         args.output.as_deref(),
         DEFAULT_OUTPUT_MODE,
         processes.len() > 1,
+        args.show_alloc_frames,
     )?;
     for snapshot in chosen {
         output.write(snapshot)?;

@@ -115,13 +115,19 @@ impl Latest {
     }
 }
 
-/// Serves `latest` on `listener` from now on, on the current tokio runtime, until the
-/// runtime ends. `interval`: when the first report is due, for clients that come early.
-pub fn serve(
-    listener: std::net::TcpListener,
-    latest: Latest,
-    interval: Duration,
-) -> Result<(), ServeError> {
+/// What is served, and how.
+#[derive(Clone)]
+pub struct Served {
+    pub latest: Latest,
+    /// Between reports: when the first is due, for clients that come early.
+    pub interval: Duration,
+    /// Documents show allocation plumbing frames too (`--show-alloc-frames`).
+    pub all_frames: bool,
+}
+
+/// Serves `served` on `listener` from now on, on the current tokio runtime, until the
+/// runtime ends.
+pub fn serve(listener: std::net::TcpListener, served: Served) -> Result<(), ServeError> {
     let listener = TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
@@ -138,11 +144,10 @@ pub fn serve(
                     continue;
                 }
             };
-            let latest = latest.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let response =
-                        respond(request.method(), request.uri().path(), &latest, interval);
+                    let response = served.respond(request.method(), request.uri().path());
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let served = http1::Builder::new()
@@ -160,65 +165,65 @@ pub fn serve(
     Ok(())
 }
 
-/// The answer to `method path`: only GET (and HEAD) of the paths served.
-fn respond(
-    method: &Method,
-    path: &str,
-    latest: &Latest,
-    interval: Duration,
-) -> Response<Full<Bytes>> {
-    let known = path == "/" || PATHS.iter().any(|(served, _)| *served == path);
-    if !known {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("{path} is not served here; see /\n"),
-        );
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} answers GET only\n"),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    let snapshots = latest.snapshots();
-    let snapshots: Vec<&Snapshot> = snapshots.iter().map(Arc::as_ref).collect();
-    let (format, content_type) = match path {
-        "/" => {
-            let mut index = String::from("leakbpf serves:\n");
-            for (path, what) in PATHS {
-                index.push_str(&format!("  {path}  {what}\n"));
+impl Served {
+    /// The answer to `method path`: only GET (and HEAD) of the paths served.
+    fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        let known = path == "/" || PATHS.iter().any(|(served, _)| *served == path);
+        if !known {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{path} is not served here; see /\n"),
+            );
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} answers GET only\n"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let snapshots = self.latest.snapshots();
+        let snapshots: Vec<&Snapshot> = snapshots.iter().map(Arc::as_ref).collect();
+        let (format, content_type) = match path {
+            "/" => {
+                let mut index = String::from("leakbpf serves:\n");
+                for (path, what) in PATHS {
+                    index.push_str(&format!("  {path}  {what}\n"));
+                }
+                return text(StatusCode::OK, index);
             }
-            return text(StatusCode::OK, index);
+            "/metrics" => {
+                let body = metrics::metrics(&snapshots, AgentUsage::now());
+                return response(StatusCode::OK, metrics::CONTENT_TYPE, body.into_bytes());
+            }
+            "/debug/pprof/heap" => (Format::Pprof, "application/octet-stream"),
+            "/flamegraph.svg" => (Format::Svg, "image/svg+xml"),
+            _ => (Format::Json, "application/x-ndjson"),
+        };
+        if snapshots.is_empty() {
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no report yet: the first comes one interval after attaching\n".to_owned(),
+            );
+            if let Ok(seconds) = HeaderValue::try_from(self.interval.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, seconds);
+            }
+            return response;
         }
-        "/metrics" => {
-            let body = metrics::metrics(&snapshots, AgentUsage::now());
-            return response(StatusCode::OK, metrics::CONTENT_TYPE, body.into_bytes());
+        let mut body = Vec::new();
+        match format
+            .renderer(self.all_frames)
+            .document(&snapshots, &mut body)
+        {
+            Ok(()) => response(StatusCode::OK, content_type, body),
+            Err(err) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot render {path}: {err}\n"),
+            ),
         }
-        "/debug/pprof/heap" => (Format::Pprof, "application/octet-stream"),
-        "/flamegraph.svg" => (Format::Svg, "image/svg+xml"),
-        _ => (Format::Json, "application/x-ndjson"),
-    };
-    if snapshots.is_empty() {
-        let mut response = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no report yet: the first comes one interval after attaching\n".to_owned(),
-        );
-        if let Ok(seconds) = HeaderValue::try_from(interval.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, seconds);
-        }
-        return response;
-    }
-    let mut body = Vec::new();
-    match format.renderer().document(&snapshots, &mut body) {
-        Ok(()) => response(StatusCode::OK, content_type, body),
-        Err(err) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render {path}: {err}\n"),
-        ),
     }
 }
 
@@ -267,11 +272,15 @@ mod tests {
 
     #[test]
     fn answers_get_of_what_it_serves_only() {
-        let latest = Latest::default();
-        let interval = Duration::from_secs(5);
-        let get = |path| respond(&Method::GET, path, &latest, interval);
+        let served = Served {
+            latest: Latest::default(),
+            interval: Duration::from_secs(5),
+            all_frames: false,
+        };
+        let latest = &served.latest;
+        let get = |path| served.respond(&Method::GET, path);
         assert_eq!(get("/nowhere").status(), StatusCode::NOT_FOUND);
-        let post = respond(&Method::POST, "/metrics", &latest, interval);
+        let post = served.respond(&Method::POST, "/metrics");
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
         // Before the first report: metrics of the agent, and nothing else yet.

@@ -70,6 +70,8 @@ pub struct Callsite {
     pub growth_bytes: i64,
     pub growth_allocations: i64,
     pub trend: Trend,
+    /// The frame the call site is shown at: the first outside allocation plumbing.
+    pub site_frame: usize,
     /// Innermost first: `frames[0]` is the function that called the allocator.
     pub frames: Arc<[Frame]>,
 }
@@ -301,6 +303,7 @@ pub(crate) fn example() -> Snapshot {
                 old_after_s: 15.0,
                 verdict: Verdict::Leak,
             },
+            site_frame: 0,
             frames: Arc::from([Frame {
                 address: 0x55d0_c0de_1b2f,
                 function: Some("EventManager::subscribe".into()),
@@ -310,6 +313,7 @@ pub(crate) fn example() -> Snapshot {
                 file: Some("chat_server.cpp".into()),
                 line: Some(117),
                 inlined: false,
+                allocator: false,
             }]),
         }],
     }

@@ -134,8 +134,13 @@ pub fn assert_churn_frees_counted(report: &Report, output: &TargetOutput, at_lea
 pub fn assert_nothing_dropped(report: &Report) {
     let counters = report.counters;
     assert_eq!(
-        (counters.dropped_allocations, counters.dropped_calls),
-        (0, 0),
-        "leakbpf dropped events: {counters:?}"
+        (
+            counters.dropped_allocations,
+            counters.dropped_calls,
+            counters.probe_errors,
+            counters.lost_events
+        ),
+        (0, 0, 0, 0),
+        "leakbpf dropped events or its probes failed: {counters:?}"
     );
 }

@@ -103,6 +103,8 @@ pub struct Counters {
     pub stack_failures: u64,
     pub dropped_allocations: u64,
     pub dropped_calls: u64,
+    pub probe_errors: u64,
+    pub lost_events: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -118,6 +120,8 @@ pub struct Callsite {
     pub growth_bytes: i64,
     pub growth_allocations: i64,
     pub trend: Trend,
+    /// The frame the agent shows the site at: its first outside allocation plumbing.
+    pub site_frame: usize,
     pub frames: Vec<Frame>,
 }
 
@@ -139,6 +143,8 @@ pub struct Frame {
     #[serde(deserialize_with = "present")]
     pub line: Option<u32>,
     pub inlined: bool,
+    /// Allocation plumbing (Rust's alloc, libstdc++'s allocators, g_malloc, …).
+    pub allocator: bool,
 }
 
 /// A nullable key that must be there: serde takes a missing `Option` for None unless the
@@ -162,15 +168,10 @@ impl Callsite {
         self.frames.get(index).and_then(Frame::name)
     }
 
-    /// The first frame that is not Rust's allocation machinery (`alloc::…`, `__rust_alloc`,
-    /// …): in a Rust program, the function that asked for the memory. leakbpf may show the
-    /// standard library's allocation functions (inlined or not) above it.
-    pub fn rust_caller(&self) -> Option<&str> {
-        self.frames
-            .iter()
-            .map(Frame::name)
-            .find(|name| !name.is_some_and(is_rust_allocation_machinery))
-            .flatten()
+    /// The name of the frame the agent shows the site at (`site_frame`): past the
+    /// allocation plumbing, the function that asked for the memory.
+    pub fn site(&self) -> Option<&str> {
+        self.function(self.site_frame)
     }
 }
 
@@ -181,13 +182,6 @@ fn strip_rust_hash(name: &str) -> &str {
         }
         _ => name,
     }
-}
-
-fn is_rust_allocation_machinery(name: &str) -> bool {
-    let path = name.trim_start_matches('<');
-    ["alloc::", "core::", "std::", "__rust_", "__rdl_", "__rg_"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix))
 }
 
 impl Report {
@@ -364,6 +358,7 @@ mod tests {
             file: function.map(|_| "/abs/path/chat_server.cpp".to_owned()),
             line: function.map(|_| 42),
             inlined: function.is_some(),
+            allocator: function.is_none(),
         };
         agent::Snapshot {
             schema_version: agent::SCHEMA_VERSION,
@@ -399,6 +394,8 @@ mod tests {
                 stack_failures: 8,
                 dropped_allocations: 9,
                 dropped_calls: 10,
+                probe_errors: 23,
+                lost_events: 24,
             },
             suppressed: vec![agent::Suppressed {
                 pattern: "^known$".to_owned(),
@@ -425,6 +422,7 @@ mod tests {
                     old_after_s: 22.5,
                     verdict: agent::Verdict::Suspect,
                 },
+                site_frame: 1,
                 frames: Arc::from(vec![frame(Some("subscribe")), frame(None)]),
             }],
         }
@@ -512,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn the_rust_caller_is_the_first_frame_outside_the_allocator() {
+    fn the_site_is_the_frame_the_agent_names() {
         let frame = |name: &str, inlined| Frame {
             address: "0x1".into(),
             function: Some(name.into()),
@@ -522,6 +520,7 @@ mod tests {
             file: None,
             line: None,
             inlined,
+            allocator: false,
         };
         let site = Callsite {
             rank: 1,
@@ -542,6 +541,7 @@ mod tests {
                 old_after_s: 15.0,
                 verdict: "no_leak".into(),
             },
+            site_frame: 3,
             frames: vec![
                 frame("alloc::alloc::alloc", true),
                 frame("<alloc::alloc::Global>::alloc_impl_runtime", true),
@@ -550,7 +550,7 @@ mod tests {
                 frame("rust_leaker::main", false),
             ],
         };
-        assert_eq!(site.rust_caller(), Some("rust_leaker::leak_boxes"));
+        assert_eq!(site.site(), Some("rust_leaker::leak_boxes"));
         assert_eq!(site.function(0), Some("alloc::alloc::alloc"));
     }
 }

@@ -7,6 +7,9 @@ pub const EARLY: &str = env!("LEAKBPF_TARGET_EARLY");
 /// A steady leak, a stepped one, a cache and a churn at once; or RSS grown through mmap
 /// (tests/targets/patterns.c).
 pub const PATTERNS: &str = env!("LEAKBPF_TARGET_PATTERNS");
+/// Leaks through a wrapper of its own, `app_xalloc`, from two callers
+/// (tests/targets/wrappers.c).
+pub const WRAPPERS: &str = env!("LEAKBPF_TARGET_WRAPPERS");
 /// src/bin/rust_leaker.rs, built with frame pointers.
 pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
 /// A process tree: children, a grandchild and an exec'd child that each leak their own

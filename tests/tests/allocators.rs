@@ -167,8 +167,8 @@ cases! {
     } => [by_pid, from_spawn];
 
     /// An allocator exporting only prefixed names (je_malloc, je_calloc, je_realloc,
-    /// je_free, on memory of its own), probed with `--symbol-prefix je_`, beside libc's
-    /// malloc: both are reported.
+    /// je_free, on memory of its own), found without a flag (jemalloc's usual prefix),
+    /// beside libc's malloc: both are reported.
     prefixed: Case {
         target: PREFIXED,
         functions: &[
@@ -179,7 +179,7 @@ cases! {
             "leak_je_realloc_null",
             "leak_malloc",
         ],
-        leakbpf_args: &["--top", "1000", "--symbol-prefix", "je_"],
+        leakbpf_args: &TOP,
         preload: None,
     } => [by_pid, from_spawn];
 

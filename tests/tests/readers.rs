@@ -62,7 +62,9 @@ fn table_sites(table: &str) -> Vec<(u64, String)> {
             .by_ref()
             .find(|line| {
                 let line = line.trim_start();
-                !(line.starts_with("LEAK:") || line.starts_with("suspect:"))
+                !["LEAK:", "suspect:", "via "]
+                    .iter()
+                    .any(|evidence| line.starts_with(evidence))
             })
             .unwrap_or_else(|| panic!("no frame under {line:?}"));
         let (name, place) = frame
@@ -102,13 +104,13 @@ fn pprof_flat(top: &PprofTop) -> Vec<(u64, String)> {
     )
 }
 
-/// A report's call sites, as pprof would name their innermost frames.
+/// A report's call sites, as pprof would name the frames they are shown at.
 fn report_sites(report: &Report) -> Vec<(u64, String)> {
     report
         .callsites
         .iter()
         .map(|site| {
-            let frame = &site.frames[0];
+            let frame = &site.frames[site.site_frame];
             (
                 site.bytes,
                 pprof_name(frame.function.as_deref(), frame.module.as_deref()),
@@ -217,11 +219,10 @@ fn a_saved_run_as_pprof_folded_and_svg_names_what_its_table_names() {
     // Folded stacks: outermost frame first, one line per call site, bytes last.
     let folded = leakbpf(&["report", "--format", "folded", &run]);
     let subscribe = report
-        .sites_where(|site| site.function(0) == Some(SUBSCRIBE))
+        .sites_where(|site| site.site() == Some(SUBSCRIBE))
         .next()
         .expect("the leaking call site");
-    let stack: Vec<&str> = subscribe
-        .frames
+    let stack: Vec<&str> = subscribe.frames[subscribe.site_frame..]
         .iter()
         .rev()
         .map(|frame| frame.function.as_deref().expect("named frames"))

@@ -33,10 +33,9 @@ fn assert_rust_run(report: &Report, truth: &TargetOutput) {
         ("rust_leaker::leak_vec", "leak_vec"),
     ] {
         let truth = truth.truth(function);
-        let outstanding = sum(report.sites_where(|site| {
-            site.rust_caller()
-                .is_some_and(|caller| caller.ends_with(suffix))
-        }));
+        let outstanding =
+            sum(report
+                .sites_where(|site| site.site().is_some_and(|caller| caller.ends_with(suffix))));
         assert_eq!(
             outstanding,
             (truth.bytes, truth.count),
@@ -44,10 +43,8 @@ fn assert_rust_run(report: &Report, truth: &TargetOutput) {
             report.describe()
         );
     }
-    let churned = sum(report.sites_where(|site| {
-        site.rust_caller()
-            .is_some_and(|caller| caller.ends_with("churn"))
-    }));
+    let churned =
+        sum(report.sites_where(|site| site.site().is_some_and(|caller| caller.ends_with("churn"))));
     assert_eq!(
         churned,
         (0, 0),

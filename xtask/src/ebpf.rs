@@ -97,6 +97,23 @@ pub fn check(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test`'s `clippy-ebpf` step: the eBPF crate through its toolchain's
+/// clippy, warnings denied. Its own target directory: the check's flags differ from the
+/// reproducible build's, and would make either rebuild all of `core` every time.
+pub fn clippy(root: &Path) -> Result<()> {
+    let toolchain = ensure_ebpf_toolchain()?;
+    println!("eBPF toolchain: {toolchain}");
+    let crate_dir = root.join(CRATE_DIR);
+    let mut cmd = toolchain.cargo_clippy()?;
+    cmd.current_dir(&crate_dir)
+        .args(["-Z", "build-std=core", "--release", "--locked"])
+        .args(["--target", TARGET, "--target-dir"])
+        .arg(crate_dir.join("target").join("clippy"))
+        .args(["--", "-D", "warnings"]);
+    println!("{}", devutil::describe(&cmd));
+    devutil::run(&mut cmd)
+}
+
 /// Builds the eBPF crate into its own target directory; returns the object's path.
 fn build(root: &Path, toolchain: &EbpfToolchain, locked: bool) -> Result<PathBuf> {
     let crate_dir = root.join(CRATE_DIR);

@@ -53,7 +53,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Everything CI checks: setup --ebpf, fmt, clippy, check-ebpf, tests
+    /// Everything CI checks: setup --ebpf, fmt, clippy, clippy-ebpf, check-ebpf, tests
     Test,
 }
 

@@ -21,6 +21,7 @@ const STEPS: &[(&str, Step)] = &[
     ("setup --ebpf", setup),
     ("fmt", fmt),
     ("clippy", clippy),
+    ("clippy-ebpf", ebpf::clippy),
     ("check-ebpf", ebpf::check),
     ("test", test),
 ];

@@ -6,6 +6,10 @@
 //!   from `cargo install bpf-linker`. Preferred when present.
 //! - [`Route::Debian`]: Debian 12's `rustc-web` 1.9x (with `rust-web-src`) under
 //!   `RUSTC_BOOTSTRAP=1`, and `bpf-linker` built against Debian's LLVM 22.
+//!
+//! Each route's clippy checks the eBPF crate: rustup's `clippy` component of the nightly,
+//! or Debian's `rust-web-clippy`, built with `rustc-web` (a clippy is a rustc driver, so
+//! only one of the same compiler can check the crate).
 
 use std::{
     ffi::OsString,
@@ -44,11 +48,12 @@ const BASE_COMMANDS: &[&str] = &[
     "promtool",
     "chromium",
 ];
-/// The Debian route's compiler, standard library sources and LLVM for `bpf-linker`.
+/// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
     "cargo-web",
+    "rust-web-clippy",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -59,6 +64,9 @@ const DEBIAN_LLVM_FEATURE: &str = "llvm-22";
 const DEBIAN_LIBLLVM: &str = "libLLVM.so.22";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+/// `rust-web-clippy`'s cargo subcommand, run directly: through `cargo clippy`, cargo would
+/// find the first `cargo-clippy` in `PATH`, which may be rustup's for another compiler.
+const DEBIAN_CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
 const BPF_LINKER_VERSION: &str = "^0.13";
 
 /// `cargo xtask setup [--ebpf]`.
@@ -167,6 +175,23 @@ impl EbpfToolchain {
         }
     }
 
+    /// This toolchain's `cargo clippy`, ready for `-Z build-std`: arguments follow.
+    pub fn cargo_clippy(&self) -> Result<Command> {
+        match self.route {
+            Route::Nightly => {
+                let mut cmd = self.command("cargo")?;
+                cmd.arg("clippy");
+                Ok(cmd)
+            }
+            Route::Debian => {
+                // As cargo runs a subcommand: named, and told which cargo to use.
+                let mut cmd = self.command(DEBIAN_CARGO_CLIPPY)?;
+                cmd.arg("clippy").env("CARGO", DEBIAN_CARGO);
+                Ok(cmd)
+            }
+        }
+    }
+
     /// This toolchain's rustc.
     pub fn rustc(&self) -> Result<Command> {
         match self.route {
@@ -197,8 +222,9 @@ impl EbpfToolchain {
 
 /// Picks the eBPF route and installs what it lacks.
 pub fn ensure_ebpf_toolchain() -> Result<EbpfToolchain> {
-    let route = if nightly_has_rust_src() {
+    let route = if nightly_has("rust-src") {
         println!("using rustup nightly with rust-src");
+        ensure_nightly_clippy()?;
         Route::Nightly
     } else if is_debian() {
         println!("no rustup nightly with rust-src: using Debian's rustc-web");
@@ -214,6 +240,8 @@ pub fn ensure_ebpf_toolchain() -> Result<EbpfToolchain> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
         ]))?;
         Route::Nightly
     } else {
@@ -226,7 +254,8 @@ pub fn ensure_ebpf_toolchain() -> Result<EbpfToolchain> {
     Ok(EbpfToolchain { route, bpf_linker })
 }
 
-fn nightly_has_rust_src() -> bool {
+/// Whether rustup's nightly has `component` installed.
+fn nightly_has(component: &str) -> bool {
     if which("rustup").is_none() {
         return false;
     }
@@ -237,7 +266,21 @@ fn nightly_has_rust_src() -> bool {
         "nightly",
         "--installed",
     ]))
-    .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
+    .is_some_and(|list| list.lines().any(|l| l.starts_with(component)))
+}
+
+/// The nightly's clippy, which checks the eBPF crate.
+fn ensure_nightly_clippy() -> Result<()> {
+    if nightly_has("clippy") {
+        return Ok(());
+    }
+    devutil::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "clippy",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 /// The `bpf-linker` to use, installed with `cargo install` when missing or unfit.

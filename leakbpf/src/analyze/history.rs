@@ -47,22 +47,6 @@ pub struct Ranked {
     sites: Vec<(SiteState, Trend, (u64, u64))>,
 }
 
-impl Ranked {
-    /// The stack ids of the first `top` sites, whose frames the report shows.
-    pub fn top_ids(&self, top: usize) -> Vec<u64> {
-        self.sites
-            .iter()
-            .take(top)
-            .map(|(s, _, _)| s.stack_id)
-            .collect()
-    }
-
-    /// Every stack id, for suppressions (matched against any site's frames).
-    pub fn ids(&self) -> Vec<u64> {
-        self.sites.iter().map(|(s, _, _)| s.stack_id).collect()
-    }
-}
-
 /// Builds successive snapshots of one process.
 #[derive(Default)]
 pub struct History {
@@ -182,6 +166,7 @@ impl History {
                     growth_bytes: difference(state.bytes, bytes_before),
                     growth_allocations: difference(state.allocations, allocations_before),
                     trend,
+                    site_frame: super::site_frame(&site_frames),
                     frames: site_frames,
                 });
             }
@@ -374,6 +359,8 @@ mod tests {
         assert_eq!(json["callsites"][0]["average_size"], 5);
         assert_eq!(json["callsites"][0]["trend"]["verdict"], "no_leak");
         assert_eq!(json["counters"]["dropped_allocations"], 0);
+        assert_eq!(json["counters"]["probe_errors"], 0);
+        assert_eq!(json["counters"]["lost_events"], 0);
         assert_eq!(json["totals"]["outstanding_bytes"], 10);
         assert_eq!(json["memory"], serde_json::Value::Null);
     }

@@ -5,11 +5,13 @@
 
 pub mod diff;
 mod history;
+mod plumbing;
 mod suppressions;
 mod trend;
 
 pub use self::{
     history::{History, Moment, OLD_AFTER_INTERVALS},
+    plumbing::{Plumbing, fold, site_frame},
     suppressions::Suppressions,
 };
 

@@ -59,10 +59,6 @@ impl Suppressions {
         Ok(Self { patterns })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// The first pattern that suppresses a call site with `frames`.
     pub fn matching(&self, frames: &[Frame]) -> Option<&str> {
         self.patterns

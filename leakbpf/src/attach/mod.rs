@@ -16,6 +16,8 @@ mod tracefs;
 
 use std::{fmt::Write as _, num::NonZeroU32};
 
+use leakbpf_common::Setting;
+
 use self::objects::ObjectsError;
 pub use self::{
     plan::{PlanError, Probe, Probed},
@@ -104,6 +106,21 @@ pub fn plan(image: Image, prefix: Option<&str>) -> Result<Vec<Probe>, ImageError
     Ok(plan::plan(&objects, prefix)?)
 }
 
+/// The objects process `pid` maps that define `malloc`, in binding order: what to name
+/// when no allocation is seen.
+pub fn malloc_providers(pid: NonZeroU32) -> Vec<String> {
+    objects::of_process(pid.get())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|object| {
+            elf::ElfObject::open(&object.host_path)
+                .and_then(|elf| elf.functions(&["malloc"]))
+                .is_ok_and(|found| !found.is_empty())
+        })
+        .map(|object| object.path.display().to_string())
+        .collect()
+}
+
 /// Attaches the programs to the allocation functions of images.
 pub struct Attacher {
     programs: Programs,
@@ -146,6 +163,11 @@ impl Attacher {
         scope: Scope,
     ) -> Result<Attachment, AttachError> {
         maps.add_wrapper_calls(probes.iter().flat_map(|p| &p.wrapper_calls))?;
+        // Before the probes: a delete's own call of `free` must never count as a free of
+        // an unknown block.
+        if probes.iter().any(|probe| probe.probed == Probed::Delete) {
+            maps.switch_on(Setting::DeleteProbed)?;
+        }
         let attached = self.programs.attach(&probes, scope, self.floor)?;
         Ok(Attachment { probes, attached })
     }

@@ -66,11 +66,25 @@ pub fn of_process(pid: u32) -> Result<Vec<MappedObject>, ObjectsError> {
     if let Ok(system) = std::fs::read_to_string(root.join("etc/ld.so.preload")) {
         preloads.extend(system.split_whitespace().map(str::to_owned));
     }
-    Ok(binding_order(mapped, &preloads, |object| {
-        ElfObject::open(&object.host_path)
-            .and_then(|elf| elf.dependencies())
-            .unwrap_or_default()
-    }))
+    Ok(binding_order(
+        mapped,
+        &preloads,
+        |object| {
+            ElfObject::open(&object.host_path)
+                .and_then(|elf| elf.dependencies())
+                .unwrap_or_default()
+        },
+        |path| file_identity(&under_root(&root, path)),
+    ))
+}
+
+/// Device and inode of the file at `path`, links followed: a preload named by a symlink
+/// (`libtcmalloc_minimal.so.4`) is the versioned file the process maps.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// The libraries `LD_PRELOAD` names in a process environment (`/proc/PID/environ`).
@@ -91,21 +105,33 @@ pub fn preloaded(environ: &[u8]) -> Vec<String> {
 /// Orders `mapped` (executable first) as the dynamic linker searches objects for a
 /// symbol: the executable, the preloaded libraries, then the libraries they need,
 /// breadth first; objects reached no other way (`dlopen`ed) come last, in map order.
+/// A preload given by path is the mapped object that is the same file (`identity`, as
+/// the process sees the path), whatever the names.
 fn binding_order(
     mapped: Vec<MappedObject>,
     preloads: &[String],
     dependencies: impl Fn(&MappedObject) -> Dependencies,
+    identity: impl Fn(&Path) -> Option<(u64, u64)>,
 ) -> Vec<MappedObject> {
     let names: Vec<Dependencies> = mapped.iter().map(dependencies).collect();
+    let files: Vec<Option<(u64, u64)>> = mapped.iter().map(|o| identity(&o.path)).collect();
     let find = |name: &str| {
-        mapped.iter().zip(&names).position(|(object, deps)| {
-            if name.contains('/') {
-                object.path == Path::new(name)
-            } else {
-                deps.soname.as_deref() == Some(name)
-                    || object.path.file_name().is_some_and(|file| file == name)
-            }
-        })
+        let file = name
+            .contains('/')
+            .then(|| identity(Path::new(name)))
+            .flatten();
+        mapped
+            .iter()
+            .zip(&names)
+            .zip(&files)
+            .position(|((object, deps), same)| {
+                if name.contains('/') {
+                    object.path == Path::new(name) || file.is_some() && file == *same
+                } else {
+                    deps.soname.as_deref() == Some(name)
+                        || object.path.file_name().is_some_and(|file| file == name)
+                }
+            })
     };
     let mut queue: Vec<usize> = Vec::with_capacity(mapped.len());
     let enqueue = |queue: &mut Vec<usize>, index: Option<usize>| {
@@ -289,7 +315,7 @@ mod tests {
             object("/lib/libstdc++.so.6.0.30"),
             object("/lib/libjemalloc.so.2"),
             object("/lib/libplugin.so"),
-            object("/lib/libpreload.so"),
+            object("/lib/libpreload.so.1"),
         ];
         let deps = |o: &MappedObject| {
             let (soname, needed): (Option<&str>, &[&str]) = match o.path.to_str().unwrap() {
@@ -304,15 +330,21 @@ mod tests {
                 needed: needed.iter().map(|n| n.to_string()).collect(),
             }
         };
-        let order: Vec<String> = binding_order(mapped, &["/lib/libpreload.so".into()], deps)
-            .iter()
-            .map(|o| o.path.display().to_string())
-            .collect();
+        // By a link to a mapped file, the preload is still that file.
+        let identity = |path: &Path| match path.to_str() {
+            Some("/lib/libpreload.so" | "/lib/libpreload.so.1") => Some((1, 99)),
+            _ => None,
+        };
+        let order: Vec<String> =
+            binding_order(mapped, &["/lib/libpreload.so".into()], deps, identity)
+                .iter()
+                .map(|o| o.path.display().to_string())
+                .collect();
         assert_eq!(
             order,
             [
                 "/bin/app",
-                "/lib/libpreload.so",
+                "/lib/libpreload.so.1",
                 "/lib/libstdc++.so.6.0.30",
                 "/lib/libjemalloc.so.2",
                 "/lib/libc.so.6",

@@ -46,6 +46,44 @@ const C_FUNCTIONS: [(&str, Probed); 15] = [
     ("dallocx", Probed::Free),
 ];
 
+/// Prefixes under which allocators export the C interface without replacing it: jemalloc
+/// built with `--with-jemalloc-prefix=je_`, and Rust's `tikv-jemallocator`, linked into
+/// the executable. Others are named with `--symbol-prefix`.
+const KNOWN_PREFIXES: [&str; 2] = ["je_", "_rjem_"];
+
+/// mimalloc's and tcmalloc's own interfaces, which programs (the Rust `mimalloc` crate, a
+/// static mimalloc) call directly. Where they are the same functions as `malloc` and
+/// `free` (aliases in the shared libraries) they get no probe of their own.
+const OWN_INTERFACES: [(&str, Probed); 27] = [
+    ("mi_malloc", Probed::Alloc(AllocKind::Malloc)),
+    ("mi_zalloc", Probed::Alloc(AllocKind::Malloc)),
+    ("mi_malloc_aligned", Probed::Alloc(AllocKind::Malloc)),
+    ("mi_zalloc_aligned", Probed::Alloc(AllocKind::Malloc)),
+    ("mi_calloc", Probed::Alloc(AllocKind::Calloc)),
+    ("mi_mallocn", Probed::Alloc(AllocKind::Calloc)),
+    ("mi_calloc_aligned", Probed::Alloc(AllocKind::Calloc)),
+    ("mi_realloc", Probed::Alloc(AllocKind::Realloc)),
+    ("mi_realloc_aligned", Probed::Alloc(AllocKind::Realloc)),
+    ("mi_reallocn", Probed::Alloc(AllocKind::ReallocArray)),
+    ("mi_free", Probed::Free),
+    ("mi_free_size", Probed::Free),
+    ("mi_free_aligned", Probed::Free),
+    ("mi_free_size_aligned", Probed::Free),
+    ("tc_malloc", Probed::Alloc(AllocKind::Malloc)),
+    ("tc_valloc", Probed::Alloc(AllocKind::Malloc)),
+    ("tc_pvalloc", Probed::Alloc(AllocKind::Malloc)),
+    ("tc_new", Probed::Alloc(AllocKind::Malloc)),
+    ("tc_newarray", Probed::Alloc(AllocKind::Malloc)),
+    ("tc_calloc", Probed::Alloc(AllocKind::Calloc)),
+    ("tc_realloc", Probed::Alloc(AllocKind::Realloc)),
+    ("tc_memalign", Probed::Alloc(AllocKind::AlignedAlloc)),
+    ("tc_posix_memalign", Probed::Alloc(AllocKind::PosixMemalign)),
+    ("tc_free", Probed::Free),
+    ("tc_free_sized", Probed::Free),
+    ("tc_delete", Probed::Free),
+    ("tc_deletearray", Probed::Free),
+];
+
 /// The C++ allocation operators, by mangled name.
 const CXX_FUNCTIONS: [(&str, Probed); 20] = [
     ("_Znwm", Probed::New),
@@ -116,14 +154,20 @@ pub enum PlanError {
     Elf(#[from] ElfError),
 }
 
-/// The functions to look for: the C interface, its `prefix`ed twins, and C++'s.
+/// The functions to look for: the C interface, its twins under the known prefixes and
+/// `prefix`, the allocators' own interfaces, and C++'s operators.
 fn wanted(prefix: Option<&str>) -> Vec<(String, Probed)> {
     let mut wanted: Vec<(String, Probed)> = C_FUNCTIONS
         .iter()
         .chain(&CXX_FUNCTIONS)
+        .chain(&OWN_INTERFACES)
         .map(|&(name, probed)| (name.to_owned(), probed))
         .collect();
-    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+    let prefixes = KNOWN_PREFIXES
+        .iter()
+        .copied()
+        .chain(prefix.filter(|p| !p.is_empty() && !KNOWN_PREFIXES.contains(p)));
+    for prefix in prefixes {
         wanted.extend(
             C_FUNCTIONS
                 .iter()
@@ -294,11 +338,22 @@ mod tests {
 
     #[test]
     fn a_prefix_adds_twins_of_the_c_functions_only() {
-        let names: Vec<String> = wanted(Some("je_")).into_iter().map(|(n, _)| n).collect();
-        assert!(names.iter().any(|n| n == "je_malloc"));
-        assert!(names.iter().any(|n| n == "je_free"));
-        assert!(names.iter().any(|n| n == "malloc"));
-        assert!(!names.iter().any(|n| n == "je__Znwm"));
+        let names: Vec<String> = wanted(Some("my_")).into_iter().map(|(n, _)| n).collect();
+        let has = |name: &str| names.iter().filter(|n| *n == name).count();
+        for name in [
+            "my_malloc",
+            "my_free",
+            "malloc",
+            "je_mallocx",
+            "_rjem_sdallocx",
+            "mi_free",
+        ] {
+            assert_eq!(has(name), 1, "{name}");
+        }
+        assert_eq!(has("my__Znwm"), 0);
+        // A known prefix given again is looked for once.
+        let again: Vec<String> = wanted(Some("je_")).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(again.iter().filter(|n| *n == "je_malloc").count(), 1);
     }
 
     #[test]

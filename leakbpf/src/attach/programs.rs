@@ -10,16 +10,20 @@ use aya::{
     Ebpf,
     programs::{
         ProgramError, TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use leakbpf_common::cookie_for;
+use leakbpf_common::{
+    cookie_for,
+    program_names::{
+        ALLOC_ENTER, ALLOC_EXIT, DELETE_ENTER, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, PROCESS_EXEC,
+        PROCESS_EXIT, PROCESS_FORK,
+    },
+};
 
 use super::plan::{Probe, Probed};
-use crate::kernel::{
-    self, ALLOC_ENTER, ALLOC_EXIT, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, KernelError, PROCESS_EXEC,
-    PROCESS_EXIT, PROCESS_FORK,
-};
+use crate::kernel::{self, KernelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -56,7 +60,14 @@ pub struct Programs {
     /// What is attached already: program, object file (device and inode: processes
     /// name one file by many paths), file offset, scope.
     attached: HashSet<(&'static str, (u64, u64), u64, Scope)>,
+    /// Every link, for [`Programs::detach_all`].
+    uprobe_links: Vec<(&'static str, UProbeLinkId)>,
+    tracepoint_links: Vec<(&'static str, TracePointLinkId)>,
 }
+
+/// Links detached by one thread at most, at the end: each detach waits for the kernel's
+/// grace period, and concurrent ones share it.
+const DETACH_THREADS: usize = 256;
 
 impl Programs {
     /// The programs of `ebpf`, loaded (see [`crate::kernel::load`]), none attached yet.
@@ -64,7 +75,39 @@ impl Programs {
         Self {
             ebpf,
             attached: HashSet::new(),
+            uprobe_links: Vec::new(),
+            tracepoint_links: Vec::new(),
         }
+    }
+
+    /// Detaches every probe at once. Dropping links one by one costs one of the kernel's
+    /// grace periods each (0.1 s and more per uprobe here: 2 s for glibc's 17 probes);
+    /// dropped from threads of their own, they wait for the same one.
+    pub fn detach_all(&mut self) {
+        let mut links: Vec<Box<dyn Send>> = Vec::new();
+        for (name, id) in std::mem::take(&mut self.uprobe_links) {
+            if let Ok(program) = kernel::program::<UProbe>(&mut self.ebpf, name)
+                && let Ok(link) = program.take_link(id)
+            {
+                links.push(Box::new(link));
+            }
+        }
+        for (name, id) in std::mem::take(&mut self.tracepoint_links) {
+            if let Ok(program) = kernel::program::<TracePoint>(&mut self.ebpf, name)
+                && let Ok(link) = program.take_link(id)
+            {
+                links.push(Box::new(link));
+            }
+        }
+        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+        std::thread::scope(|scope| {
+            while !links.is_empty() {
+                let chunk = links.split_off(links.len().saturating_sub(per_thread));
+                // Where no thread can be had, the chunk is dropped here, one by one.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(chunk));
+            }
+        });
+        self.attached.clear();
     }
 
     /// The eBPF side's own log, shown by `--verbose`.
@@ -72,21 +115,21 @@ impl Programs {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Attaches the process tracepoints: exec and exit always, fork with
-    /// `follow_forks`.
-    pub fn attach_process_tracepoints(&mut self, follow_forks: bool) -> Result<(), AttachError> {
-        let mut wanted = vec![(PROCESS_EXEC, "sched", "sched_process_exec")];
-        wanted.push((PROCESS_EXIT, "sched", "sched_process_exit"));
-        if follow_forks {
-            wanted.push((PROCESS_FORK, "task", "task_newtask"));
-        }
-        for (name, category, event) in wanted {
-            kernel::program::<TracePoint>(&mut self.ebpf, name)?
+    /// Attaches the process tracepoints: fork (which follows the new process, or tells of
+    /// it), exec and exit.
+    pub fn attach_process_tracepoints(&mut self) -> Result<(), AttachError> {
+        for (name, category, event) in [
+            (PROCESS_EXEC, "sched", "sched_process_exec"),
+            (PROCESS_EXIT, "sched", "sched_process_exit"),
+            (PROCESS_FORK, "task", "task_newtask"),
+        ] {
+            let link = kernel::program::<TracePoint>(&mut self.ebpf, name)?
                 .attach(category, event)
                 .map_err(|source| AttachError::Attach {
                     probe: format!("tracepoint {category}/{event}"),
                     source,
                 })?;
+            self.tracepoint_links.push((name, link));
         }
         Ok(())
     }
@@ -104,7 +147,8 @@ impl Programs {
         for probe in probes {
             let (entry, cookie) = match probe.probed {
                 Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
-                Probed::Free | Probed::Delete => (FREE_ENTER, None),
+                Probed::Free => (FREE_ENTER, None),
+                Probed::Delete => (DELETE_ENTER, None),
                 // Stepped over by the stack walk instead (see `frameless`).
                 Probed::New => continue,
             };
@@ -140,7 +184,7 @@ impl Programs {
                     Scope::Process(pid) => UProbeScope::OneProcess(pid),
                     Scope::System => UProbeScope::AllProcesses,
                 };
-                kernel::program::<UProbe>(&mut self.ebpf, name)?
+                let link = kernel::program::<UProbe>(&mut self.ebpf, name)?
                     .attach(point, &probe.object.host_path, kernel_scope)
                     .map_err(|source| {
                         let probe = probe.to_string();
@@ -151,6 +195,7 @@ impl Programs {
                         }
                     })?;
                 self.attached.insert(key);
+                self.uprobe_links.push((name, link));
                 attached.push(Attached {
                     program: name,
                     probe: probe.to_string(),

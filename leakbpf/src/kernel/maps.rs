@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leakbpf_common::{
-    AllocInfo, AllocKey, Counter, ProcessCounters, StackTrace, WrapperFrame, map_names,
+    AllocInfo, AllocKey, Counter, ProcessCounters, Setting, StackTrace, WrapperFrame, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,8 @@ pub struct Counters {
     pub stack_failures: u64,
     pub dropped_allocations: u64,
     pub dropped_calls: u64,
+    pub probe_errors: u64,
+    pub lost_events: u64,
 }
 
 /// One call site's outstanding allocations, as drained.
@@ -62,7 +64,7 @@ pub struct KernelMaps {
     traced: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
     wrapper_calls: HashMap<MapData, [u64; 2], WrapperFrame>,
-    wrappers_known: Array<MapData, u32>,
+    settings: Array<MapData, u32>,
     /// Writes the CLOCK map while the maps live.
     _clock: Clock,
 }
@@ -118,7 +120,7 @@ impl KernelMaps {
             traced: take(ebpf, map_names::TRACED_PIDS)?,
             events: Some(take(ebpf, map_names::EVENTS)?),
             wrapper_calls: take(ebpf, map_names::WRAPPER_CALLS)?,
-            wrappers_known: take(ebpf, map_names::WRAPPERS_KNOWN)?,
+            settings: take(ebpf, map_names::SETTINGS)?,
             _clock: clock,
         })
     }
@@ -137,9 +139,14 @@ impl KernelMaps {
                 .insert(call.code, call.frame, 0)
                 .map_err(map_error(map_names::WRAPPER_CALLS))?;
         }
-        self.wrappers_known
-            .set(0, 1, 0)
-            .map_err(map_error(map_names::WRAPPERS_KNOWN))
+        self.switch_on(Setting::WrappersKnown)
+    }
+
+    /// Switches `setting` on for the programs.
+    pub fn switch_on(&mut self, setting: Setting) -> Result<(), KernelError> {
+        self.settings
+            .set(setting as u32, 1, 0)
+            .map_err(map_error(map_names::SETTINGS))
     }
 
     /// Makes the programs record allocations of process `pid` (in [`Mode::Set`]).
@@ -190,6 +197,8 @@ impl KernelMaps {
             stack_failures: total(Counter::StackFailures),
             dropped_allocations: total(Counter::DroppedAllocations),
             dropped_calls: total(Counter::DroppedCalls),
+            probe_errors: total(Counter::ProbeErrors),
+            lost_events: total(Counter::LostEvents),
         })
     }
 

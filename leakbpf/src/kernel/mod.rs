@@ -13,7 +13,10 @@ use aya::{
     maps::MapError,
     programs::{ProgramError, TracePoint, UProbe},
 };
-use leakbpf_common::{ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, global_names, map_names};
+use leakbpf_common::{
+    ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, global_names, map_names,
+    program_names::{TRACEPOINTS, UPROBES, URETPROBES},
+};
 
 pub use self::{
     clock::boot_time_ns,
@@ -24,15 +27,6 @@ use crate::attach::ProcessFields;
 /// The object `cargo xtask build-ebpf` builds from `leakbpf-ebpf`, checked by CI to be
 /// exactly what the current source builds to.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/leakbpf.bpf.o");
-
-pub const ALLOC_ENTER: &str = "alloc_enter";
-pub const ALLOC_EXIT: &str = "alloc_exit";
-pub const FREE_ENTER: &str = "free_enter";
-pub const FLOOR_ENTER: &str = "floor_enter";
-pub const FLOOR_EXIT: &str = "floor_exit";
-pub const PROCESS_FORK: &str = "process_fork";
-pub const PROCESS_EXEC: &str = "process_exec";
-pub const PROCESS_EXIT: &str = "process_exit";
 
 /// How many entries the kernel maps hold.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +53,9 @@ pub enum Mode {
 pub struct LoadSettings {
     pub capacity: Capacity,
     pub mode: Mode,
-    pub delete_probed: bool,
+    /// Processes the traced ones create are traced too (`--follow-forks`); else the
+    /// agent is told of them.
+    pub follow_forks: bool,
     /// The process tracepoints' record offsets, when tracefs has them.
     pub fields: Option<ProcessFields>,
 }
@@ -97,7 +93,7 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
         Mode::Set => 0,
         Mode::All => ALL_PROCESSES,
     };
-    let delete_probed = u32::from(settings.delete_probed);
+    let follow_forks = u32::from(settings.follow_forks);
     let fields = settings.fields.unwrap_or(ProcessFields {
         newtask_pid: 0,
         newtask_flags: 0,
@@ -107,7 +103,7 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::TARGET_TGID, &target, true)
         .override_global(global_names::AGENT_TGID, &agent, true)
-        .override_global(global_names::DELETE_PROBED, &delete_probed, true)
+        .override_global(global_names::FOLLOW_FORKS, &follow_forks, true)
         .override_global(global_names::NEWTASK_PID_OFFSET, &fields.newtask_pid, true)
         .override_global(
             global_names::NEWTASK_FLAGS_OFFSET,
@@ -124,13 +120,13 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
         .map_max_entries(map_names::CALL_SLOTS, call_slots())
         .load(OBJECT)
         .map_err(KernelError::Load)?;
-    for name in [ALLOC_ENTER, ALLOC_EXIT, FREE_ENTER, FLOOR_ENTER, FLOOR_EXIT] {
+    for name in UPROBES.into_iter().chain(URETPROBES) {
         let program: &mut UProbe = program(&mut ebpf, name)?;
         program
             .load()
             .map_err(|source| KernelError::Program { name, source })?;
     }
-    for name in [PROCESS_FORK, PROCESS_EXEC, PROCESS_EXIT] {
+    for name in TRACEPOINTS {
         let program: &mut TracePoint = program(&mut ebpf, name)?;
         program
             .load()

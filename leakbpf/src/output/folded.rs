@@ -1,13 +1,20 @@
 //! Folded stacks: one line per call site, its frames outermost first and separated by
 //! `;`, then its outstanding bytes (`main;Server::handleJoin;EventManager::subscribe
-//! 1031320`), as flamegraph.pl, inferno and speedscope read them.
+//! 1031320`), as flamegraph.pl, inferno and speedscope read them. A stack starts at the
+//! frame its call site is shown at, past allocation plumbing, unless all frames are
+//! asked for (`--show-alloc-frames`).
 
 use std::io::{self, Write};
 
 use super::{Render, table::printable};
-use crate::{snapshot::Snapshot, symbolize::Frame};
+use crate::{
+    snapshot::{Callsite, Snapshot},
+    symbolize::Frame,
+};
 
-pub struct Folded;
+pub struct Folded {
+    pub all_frames: bool,
+}
 
 impl Render for Folded {
     fn snapshot(&mut self, snapshot: &Snapshot, out: &mut dyn Write) -> io::Result<()> {
@@ -15,7 +22,7 @@ impl Render for Folded {
     }
 
     fn document(&mut self, snapshots: &[&Snapshot], out: &mut dyn Write) -> io::Result<()> {
-        for line in lines(snapshots) {
+        for line in lines(snapshots, self.all_frames) {
             writeln!(out, "{line}")?;
         }
         Ok(())
@@ -24,7 +31,7 @@ impl Render for Folded {
 
 /// The folded stacks of the call sites that hold bytes; with several processes, each
 /// process's under a root frame naming it.
-pub(super) fn lines(snapshots: &[&Snapshot]) -> Vec<String> {
+pub(super) fn lines(snapshots: &[&Snapshot], all_frames: bool) -> Vec<String> {
     let several = snapshots.len() > 1;
     let mut lines = Vec::new();
     for snapshot in snapshots {
@@ -34,11 +41,18 @@ pub(super) fn lines(snapshots: &[&Snapshot]) -> Vec<String> {
             if site.frames.is_empty() {
                 names.push("[stack not available]".to_owned());
             }
-            names.extend(site.frames.iter().rev().map(frame_name));
+            names.extend(shown_frames(site, all_frames).iter().rev().map(frame_name));
             lines.push(format!("{} {}", names.join(";"), site.bytes));
         }
     }
     lines
+}
+
+/// The frames of `site` a document shows, innermost first: from the one the site is
+/// shown at, or all of them.
+pub(super) fn shown_frames(site: &Callsite, all_frames: bool) -> &[Frame] {
+    let first = if all_frames { 0 } else { site.site_frame };
+    site.frames.get(first..).unwrap_or_default()
 }
 
 /// `command (pid N)`, or `pid N` for a process never named.
@@ -80,6 +94,7 @@ mod tests {
             ..Frame::default()
         };
         snapshot.callsites[0].frames = Arc::from([
+            named("__rust_alloc", false),
             named("alloc::alloc", true),
             named("make<[u8; 8]>", false),
             Frame {
@@ -93,11 +108,19 @@ mod tests {
                 ..Frame::default()
             },
         ]);
-        let mut out = Vec::new();
-        Folded.snapshot(&snapshot, &mut out).unwrap();
+        snapshot.callsites[0].site_frame = 1;
+        let folded = |all_frames| {
+            let mut out = Vec::new();
+            Folded { all_frames }.snapshot(&snapshot, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            folded(false),
             "[0x1234];[libstdc++.so.6+0xa57b9];make<[u8: 8]>;alloc::alloc 368\n"
+        );
+        assert_eq!(
+            folded(true),
+            "[0x1234];[libstdc++.so.6+0xa57b9];make<[u8: 8]>;alloc::alloc;__rust_alloc 368\n"
         );
     }
 }

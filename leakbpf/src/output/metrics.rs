@@ -5,7 +5,7 @@
 //! Per process (labels `pid`, `command`): outstanding bytes and allocations, call sites
 //! and their verdicts, the event counters, RSS, the time of the report. Per call site,
 //! for the process's [`TOP_CALLSITES`] first call sites only (label `function`, its
-//! innermost frame's, cut to [`LABEL_CHARS`]), so the number of series stays bounded
+//! shown frame's, past allocation plumbing, cut to [`LABEL_CHARS`]), so the number of series stays bounded
 //! however many stacks a process has: outstanding bytes, allocations, growth rate.
 
 use std::{collections::BTreeMap, fmt};
@@ -121,11 +121,11 @@ fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The function a call site's metrics are labelled with: its innermost frame's name (or
-/// module and offset), cut to [`LABEL_CHARS`].
+/// The function a call site's metrics are labelled with: the name (or module and offset)
+/// of the frame it is shown at, past allocation plumbing, cut to [`LABEL_CHARS`].
 fn function_label(snapshot: &Snapshot, index: usize) -> String {
     let site = &snapshot.callsites[index];
-    let name = match site.frames.first() {
+    let name = match site.frames.get(site.site_frame) {
         None => "[stack not available]".to_owned(),
         Some(frame) => match (&frame.function, &frame.module, frame.offset) {
             (Some(function), _, _) => function.clone(),

@@ -43,13 +43,15 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn renderer(self) -> Box<dyn Render + Send> {
+    /// The renderer; the table, pprof, folded stacks and the flame graph show allocation
+    /// plumbing frames with `all_frames`.
+    pub fn renderer(self, all_frames: bool) -> Box<dyn Render + Send> {
         match self {
-            Format::Table => Box::new(table::Table),
+            Format::Table => Box::new(table::Table { all_frames }),
             Format::Json => Box::new(json::Json),
-            Format::Pprof => Box::new(pprof::Pprof),
-            Format::Folded => Box::new(folded::Folded),
-            Format::Svg => Box::new(svg::Svg),
+            Format::Pprof => Box::new(pprof::Pprof { all_frames }),
+            Format::Folded => Box::new(folded::Folded { all_frames }),
+            Format::Svg => Box::new(svg::Svg { all_frames }),
         }
     }
 
@@ -180,12 +182,13 @@ pub struct Output {
 impl Output {
     /// Reports in `format` to `path` (a file created with `mode` if new, or a template
     /// with `{n}` or `{pid}`), or to stdout. `several`: the run may report on more than
-    /// one process.
+    /// one process. Allocation plumbing frames are shown with `all_frames`.
     pub fn open(
         format: Format,
         path: Option<&Path>,
         mode: u32,
         several: bool,
+        all_frames: bool,
     ) -> Result<Self, OutputError> {
         let destination = match path {
             None if format.is_binary() && io::stdout().is_terminal() => {
@@ -209,7 +212,7 @@ impl Output {
         };
         Ok(Self {
             format,
-            renderer: format.renderer(),
+            renderer: format.renderer(all_frames),
             destination,
             mode,
             latest: BTreeMap::new(),
@@ -330,7 +333,7 @@ mod tests {
     fn a_template_writes_a_file_per_report_and_process() {
         let dir = tempfile::tempdir().unwrap();
         let template = dir.path().join("heap-{pid}-{n}.ndjson");
-        let mut output = Output::open(Format::Json, Some(&template), 0o600, true).unwrap();
+        let mut output = Output::open(Format::Json, Some(&template), 0o600, true, false).unwrap();
         for (pid, report) in [(7, 1), (8, 1), (7, 2)] {
             output.write(&snapshot(pid, report, false)).unwrap();
         }
@@ -352,7 +355,7 @@ mod tests {
     fn a_document_without_a_report_number_holds_the_final_reports() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stacks.folded");
-        let mut output = Output::open(Format::Folded, Some(&path), 0o600, true).unwrap();
+        let mut output = Output::open(Format::Folded, Some(&path), 0o600, true, false).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"",
@@ -378,10 +381,10 @@ mod tests {
     fn refuses_a_report_number_without_pid_for_several_processes() {
         let dir = tempfile::tempdir().unwrap();
         let template = dir.path().join("heap-{n}.pb.gz");
-        let err = Output::open(Format::Pprof, Some(&template), 0o600, true)
+        let err = Output::open(Format::Pprof, Some(&template), 0o600, true, false)
             .err()
             .unwrap();
         assert!(matches!(err, OutputError::TemplateWithoutPid(_)), "{err}");
-        assert!(Output::open(Format::Pprof, Some(&template), 0o600, false).is_ok());
+        assert!(Output::open(Format::Pprof, Some(&template), 0o600, false, false).is_ok());
     }
 }

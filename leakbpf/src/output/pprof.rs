@@ -1,7 +1,10 @@
 //! A heap profile in pprof's format: `profile.proto` (compiled by build.rs), gzipped, as
 //! `go tool pprof`, Pyroscope and Parca read it.
 //!
-//! Each call site is one sample of two values, `inuse_objects` (count) and `inuse_space`
+//! A stack starts at the frame its call site is shown at, past allocation plumbing
+//! (`operator new`, Rust's `alloc::`), as Go's own heap profiles start past its
+//! allocator, unless all frames are asked for (`--show-alloc-frames`). Each call site is
+//! one sample of two values, `inuse_objects` (count) and `inuse_space`
 //! (bytes, the default), labelled with its process, its average block size (`bytes`, as
 //! Go's heap profiles have it) and its verdict. Each return address is one location, its
 //! functions as lines, innermost first: a function inlined at that address comes before
@@ -19,7 +22,10 @@ use flate2::{Compression, write::GzEncoder};
 use indexmap::IndexSet;
 use prost::Message;
 
-use super::{Render, folded::process_name};
+use super::{
+    Render,
+    folded::{process_name, shown_frames},
+};
 use crate::{
     snapshot::{Snapshot, Verdict},
     symbolize::Frame,
@@ -31,7 +37,9 @@ mod proto {
     include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
 }
 
-pub struct Pprof;
+pub struct Pprof {
+    pub all_frames: bool,
+}
 
 impl Render for Pprof {
     fn snapshot(&mut self, snapshot: &Snapshot, out: &mut dyn Write) -> io::Result<()> {
@@ -39,7 +47,7 @@ impl Render for Pprof {
     }
 
     fn document(&mut self, snapshots: &[&Snapshot], out: &mut dyn Write) -> io::Result<()> {
-        let encoded = profile(snapshots).encode_to_vec();
+        let encoded = profile(snapshots, self.all_frames).encode_to_vec();
         let mut gzip = GzEncoder::new(out, Compression::default());
         gzip.write_all(&encoded)?;
         gzip.finish()?;
@@ -64,8 +72,10 @@ impl Strings {
     }
 }
 
-/// A location's key: the process (addresses are per process) and the address.
-type LocationKey = (u32, u64);
+/// A location's key: the process (addresses are per process), the address, and how many
+/// of the functions there are shown (a stack cut past plumbing may start inside an
+/// inlined chain).
+type LocationKey = (u32, u64, usize);
 
 /// A mapping's key: the process, the file, and where the file's offset 0 would be.
 type MappingKey = (u32, String, u64);
@@ -78,7 +88,7 @@ struct Builder {
     profile: proto::Profile,
 }
 
-fn profile(snapshots: &[&Snapshot]) -> proto::Profile {
+fn profile(snapshots: &[&Snapshot], all_frames: bool) -> proto::Profile {
     let mut builder = Builder {
         strings: Strings::new(),
         functions: HashMap::new(),
@@ -86,7 +96,7 @@ fn profile(snapshots: &[&Snapshot]) -> proto::Profile {
         mappings: HashMap::new(),
         profile: proto::Profile::default(),
     };
-    builder.build(snapshots);
+    builder.build(snapshots, all_frames);
     let mut profile = builder.profile;
     profile.string_table = builder.strings.0.into_iter().collect();
     profile
@@ -104,7 +114,7 @@ impl Builder {
         }
     }
 
-    fn build(&mut self, snapshots: &[&Snapshot]) {
+    fn build(&mut self, snapshots: &[&Snapshot], all_frames: bool) {
         self.profile.sample_type = vec![
             self.value_type("inuse_objects", "count"),
             self.value_type("inuse_space", "bytes"),
@@ -131,24 +141,25 @@ impl Builder {
             );
             let comment = self.string(&comment);
             self.profile.comment.push(comment);
-            self.samples(snapshot);
+            self.samples(snapshot, all_frames);
         }
     }
 
-    fn samples(&mut self, snapshot: &Snapshot) {
+    fn samples(&mut self, snapshot: &Snapshot, all_frames: bool) {
         let pid = snapshot.pid;
         let command = snapshot.process.command.clone().unwrap_or_default();
         for site in &snapshot.callsites {
+            let frames = shown_frames(site, all_frames);
             let mut location_id = Vec::new();
-            if site.frames.is_empty() {
+            if frames.is_empty() {
                 location_id.push(self.no_stack(pid));
             }
             // Frames sharing an address (inlined ones, then the one they are inlined
             // into) are one location.
             let mut start = 0;
-            for (index, frame) in site.frames.iter().enumerate() {
-                if !frame.inlined || index + 1 == site.frames.len() {
-                    location_id.push(self.location(pid, &site.frames[start..=index]));
+            for (index, frame) in frames.iter().enumerate() {
+                if !frame.inlined || index + 1 == frames.len() {
+                    location_id.push(self.location(pid, &frames[start..=index]));
                     start = index + 1;
                 }
             }
@@ -196,7 +207,8 @@ impl Builder {
         };
         // The call instruction, where the offset points (one byte into it).
         let address = frame.address.saturating_sub(1);
-        if let Some(&id) = self.locations.get(&(pid, address)) {
+        let key = (pid, address, frames.len());
+        if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let mapping_id = self.mapping(pid, frame, address);
@@ -219,14 +231,15 @@ impl Builder {
             line,
             is_folded: false,
         });
-        self.locations.insert((pid, address), id);
+        self.locations.insert(key, id);
         id
     }
 
     /// The location of a call site whose stack could not be read: named so, at no
     /// address (address 0 is no call's).
     fn no_stack(&mut self, pid: u32) -> u64 {
-        if let Some(&id) = self.locations.get(&(pid, 0)) {
+        let key = (pid, 0, 0);
+        if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let line = vec![proto::Line {
@@ -240,7 +253,7 @@ impl Builder {
             line,
             ..proto::Location::default()
         });
-        self.locations.insert((pid, 0), id);
+        self.locations.insert(key, id);
         id
     }
 
@@ -337,6 +350,7 @@ mod tests {
             file: Some("chat_server.cpp".into()),
             line: Some(address as u32 - 0x5000),
             inlined,
+            allocator: false,
         };
         snapshot.callsites[0].frames = Arc::from([
             frame(0x5100, "EventManager::subscribe", false),
@@ -349,7 +363,9 @@ mod tests {
         other.frames = Arc::from([frame(0x5300, "cache_put", false)]);
         snapshot.callsites.push(other);
         let mut out = Vec::new();
-        Pprof.snapshot(&snapshot, &mut out).unwrap();
+        Pprof { all_frames: false }
+            .snapshot(&snapshot, &mut out)
+            .unwrap();
         let profile = decode(&out);
         let text = |index: i64| profile.string_table[index as usize].as_str();
         assert_eq!(text(0), "");
@@ -409,7 +425,9 @@ mod tests {
         let mut other = example();
         other.pid = 43;
         let mut out = Vec::new();
-        Pprof.document(&[&example(), &other], &mut out).unwrap();
+        Pprof { all_frames: false }
+            .document(&[&example(), &other], &mut out)
+            .unwrap();
         let profile = decode(&out);
         assert_eq!(profile.sample.len(), 2);
         assert_eq!(profile.location.len(), 2);

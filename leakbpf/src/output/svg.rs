@@ -15,7 +15,9 @@ use super::{
 };
 use crate::snapshot::Snapshot;
 
-pub struct Svg;
+pub struct Svg {
+    pub all_frames: bool,
+}
 
 impl Render for Svg {
     fn snapshot(&mut self, snapshot: &Snapshot, out: &mut dyn Write) -> io::Result<()> {
@@ -24,7 +26,7 @@ impl Render for Svg {
 
     fn document(&mut self, snapshots: &[&Snapshot], out: &mut dyn Write) -> io::Result<()> {
         let (title, subtitle) = titles(snapshots);
-        let lines = folded::lines(snapshots);
+        let lines = folded::lines(snapshots, self.all_frames);
         if lines.is_empty() {
             return empty(&title, &subtitle, out);
         }
@@ -98,7 +100,9 @@ mod tests {
     #[test]
     fn draws_the_call_sites_under_a_title_naming_the_process() {
         let mut out = Vec::new();
-        Svg.snapshot(&example(), &mut out).unwrap();
+        Svg { all_frames: false }
+            .snapshot(&example(), &mut out)
+            .unwrap();
         let svg = String::from_utf8(out).unwrap();
         assert!(svg.starts_with("<?xml"), "{svg}");
         assert!(
@@ -121,7 +125,9 @@ mod tests {
         snapshot.callsites.clear();
         snapshot.process.command = Some("<a&b>".into());
         let mut out = Vec::new();
-        Svg.snapshot(&snapshot, &mut out).unwrap();
+        Svg { all_frames: false }
+            .snapshot(&snapshot, &mut out)
+            .unwrap();
         let svg = String::from_utf8(out).unwrap();
         assert!(svg.contains("leakbpf: &lt;a&amp;b&gt; (pid 42)"), "{svg}");
         assert!(svg.contains("no outstanding allocations"), "{svg}");

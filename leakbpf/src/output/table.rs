@@ -12,11 +12,14 @@ use crate::snapshot::{Pattern, Snapshot, Verdict};
 /// Frames shown per call site; JSON carries them all.
 const TABLE_FRAMES: usize = 12;
 
-pub struct Table;
+/// With `all_frames`, allocation plumbing frames are shown too.
+pub struct Table {
+    pub all_frames: bool,
+}
 
 impl Render for Table {
     fn snapshot(&mut self, snapshot: &Snapshot, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(table(snapshot).as_bytes())
+        out.write_all(table(snapshot, self.all_frames).as_bytes())
     }
 
     /// The processes reported on next, in a table; JSON lines carry the same figures in
@@ -64,8 +67,9 @@ pub(super) fn printable(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// The snapshot as a table: one block per call site, its stack under it.
-pub fn table(report: &Snapshot) -> String {
+/// The snapshot as a table: one block per call site, its stack under it from the call
+/// site's frame (from the allocator's side with `all_frames`).
+pub fn table(report: &Snapshot, all_frames: bool) -> String {
     let mut out = String::new();
     let c = &report.counters;
     let command = report
@@ -90,20 +94,28 @@ pub fn table(report: &Snapshot) -> String {
         "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures",
         c.allocations, c.frees, c.unknown_frees, c.failed_allocations, c.stack_failures
     );
-    for (count, what, flag) in [
+    for (count, what) in [
         (
             c.dropped_allocations,
-            "allocations were not recorded: the allocation map is full",
-            "--max-allocs",
+            "allocations were not recorded: the allocation map is full (raise --max-allocs)",
         ),
         (
             c.dropped_calls,
             "allocation calls were missed: too many threads allocating at once",
-            "fewer threads",
+        ),
+        (
+            c.probe_errors,
+            "probe errors: calls or process events the eBPF programs could not read were not \
+             recorded (a bug: please report it)",
+        ),
+        (
+            c.lost_events,
+            "events were lost: the event ring was full (a stack may be named late; a fork, \
+             exec or exit may be missed)",
         ),
     ] {
         if count > 0 {
-            let _ = writeln!(out, "  WARNING: {count} {what} (raise {flag})");
+            let _ = writeln!(out, "  WARNING: {count} {what}");
         }
     }
     if let Some(memory) = &report.memory {
@@ -185,7 +197,22 @@ pub fn table(report: &Snapshot) -> String {
                 "          [stack not available: unreadable, or the stack map was full (--max-stacks)]"
             );
         }
-        for frame in site.frames.iter().take(TABLE_FRAMES) {
+        let first = if all_frames { 0 } else { site.site_frame };
+        if first > 0 {
+            // The plumbing's outermost frame (the call the site made) and how deep it is.
+            let name = |frame: &crate::symbolize::Frame| {
+                printable(frame.function.as_deref().unwrap_or("[unknown]")).into_owned()
+            };
+            let via = match first {
+                1 => name(&site.frames[0]),
+                _ => format!("{} and {} more", name(&site.frames[first - 1]), first - 1),
+            };
+            let _ = writeln!(
+                out,
+                "          via {via} (allocation plumbing; --show-alloc-frames shows it)"
+            );
+        }
+        for frame in site.frames.iter().skip(first).take(TABLE_FRAMES) {
             let name = printable(frame.function.as_deref().unwrap_or("[unknown]"));
             let marker = if frame.inlined { " [inlined]" } else { "" };
             let place = match (&frame.file, frame.line, &frame.module, frame.offset) {
@@ -198,11 +225,11 @@ pub fn table(report: &Snapshot) -> String {
             };
             let _ = writeln!(out, "          {name}{marker}  {place}");
         }
-        if site.frames.len() > TABLE_FRAMES {
+        if site.frames.len() > first + TABLE_FRAMES {
             let _ = writeln!(
                 out,
                 "          ... {} more frames",
-                site.frames.len() - TABLE_FRAMES
+                site.frames.len() - first - TABLE_FRAMES
             );
         }
     }
@@ -240,10 +267,11 @@ fn signed_mib(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Counters;
 
     #[test]
     fn shows_verdicts_with_their_evidence_and_the_memory() {
-        let text = table(&crate::snapshot::example());
+        let text = table(&crate::snapshot::example(), false);
         assert!(text.contains("pid 42 (chat_server)"), "{text}");
         assert!(text.contains("LEAK"), "{text}");
         assert!(
@@ -259,6 +287,38 @@ mod tests {
         assert!(
             text.contains("verdicts: 1 call sites leak, 0 suspect"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn probe_errors_and_lost_events_are_warned_of_when_there_are_some() {
+        let warnings = |counters| -> Vec<String> {
+            let mut snapshot = crate::snapshot::example();
+            snapshot.counters = counters;
+            table(&snapshot, false)
+                .lines()
+                .filter(|line| line.contains("WARNING"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(warnings(Counters::default()), Vec::<String>::new());
+        let errors = warnings(Counters {
+            probe_errors: 3,
+            ..Counters::default()
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("  WARNING: 3 probe errors: "),
+            "{errors:?}"
+        );
+        let lost = warnings(Counters {
+            lost_events: 2,
+            ..Counters::default()
+        });
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(
+            lost[0].starts_with("  WARNING: 2 events were lost: "),
+            "{lost:?}"
         );
     }
 

@@ -24,8 +24,8 @@ use super::{
     registry::Registry,
 };
 use crate::{
-    analyze::{Moment, OLD_AFTER_INTERVALS, Sort, Suppressions},
-    attach::{Attacher, Image, ImageError, Scope},
+    analyze::{self, Moment, OLD_AFTER_INTERVALS, Plumbing, Sort, Suppressions},
+    attach::{self, Attacher, Image, ImageError, Scope},
     kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
     serve::Latest,
@@ -34,6 +34,9 @@ use crate::{
 };
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Reports of a process with not one allocation or free seen before leakbpf says so.
+const SILENT_REPORTS: u64 = 3;
 
 /// Stacks sent to the symbolizer in one request.
 const SYMBOLIZE_AT_ONCE: usize = 256;
@@ -52,6 +55,7 @@ pub struct LoopSettings {
     pub verbose: bool,
     pub sort: Sort,
     pub suppressions: Suppressions,
+    pub plumbing: Plumbing,
 }
 
 /// What the final reports said, for the exit status of a CI gate.
@@ -168,6 +172,7 @@ impl EventLoop {
             self.handle_events(ring.get_mut()).await?;
         }
         self.report_interval(true).await?;
+        self.attacher.programs().detach_all();
         self.output.finish()?;
         Ok(self.verdicts)
     }
@@ -252,6 +257,11 @@ impl EventLoop {
                 Some(EventKind::Fork) => {
                     eprintln!("leakbpf: following pid {pid} (from pid {})", event.value);
                     self.registry.add(pid, parent);
+                }
+                Some(EventKind::Spawned) => {
+                    if let Some(parent) = parent.and_then(|parent| self.registry.get_mut(parent)) {
+                        parent.untraced_children += 1;
+                    }
                 }
                 Some(EventKind::Exec) if self.starting == Some(pid) => self.starting = None,
                 Some(EventKind::Exec) if self.registry.contains(pid) => {
@@ -365,7 +375,8 @@ impl EventLoop {
         // once would be the agent's peak memory.
         while !requests.is_empty() {
             let rest = requests.split_off(requests.len().saturating_sub(SYMBOLIZE_AT_ONCE));
-            for (id, frames) in self.symbolizer.symbolize(owner, rest).await? {
+            for (id, mut frames) in self.symbolizer.symbolize(owner, rest).await? {
+                self.settings.plumbing.mark(&mut frames);
                 process.frames.insert(id, Arc::from(frames));
             }
         }
@@ -440,17 +451,21 @@ impl EventLoop {
             self.settings.top,
             self.settings.sort,
         );
+        // Every site named: stacks that differ only inside allocation plumbing are one
+        // site, and suppressions match any site's frames. (Most were named as they came.)
+        self.symbolize(pid, sites.iter().map(|s| s.stack_id).collect())
+            .await?;
         let Some(process) = self.registry.get_mut(pid) else {
             return Ok(None);
         };
+        let frames = &process.frames;
+        let sites = analyze::fold(sites, |id| {
+            frames
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(Vec::new()))
+        });
         let ranked = process.history.observe(sites, now_ns, interval, sort);
-        // Suppressions match any site's frames; without them only those shown are named.
-        let named = if self.settings.suppressions.is_empty() {
-            ranked.top_ids(top)
-        } else {
-            ranked.ids()
-        };
-        self.symbolize(pid, named).await?;
         let counters = self
             .maps
             .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;
@@ -458,6 +473,22 @@ impl EventLoop {
             return Ok(None);
         };
         process.reports += 1;
+        let silent = counters.allocations + counters.frees + counters.unknown_frees == 0;
+        if silent && process.reports == SILENT_REPORTS && self.settings.mode != Mode::All {
+            // An allocator leakbpf does not probe must never pass for a quiet process.
+            let providers = attach::malloc_providers(pid);
+            eprintln!(
+                "leakbpf: warning: pid {pid}: no allocation or free seen in {} reports: it \
+                 does not allocate, or allocates through code leakbpf does not probe \
+                 (malloc is defined in: {})",
+                process.reports,
+                if providers.is_empty() {
+                    "no object it maps".to_owned()
+                } else {
+                    providers.join(", ")
+                }
+            );
+        }
         let moment = Moment {
             pid: pid.get(),
             number: process.reports,
@@ -483,6 +514,13 @@ impl EventLoop {
             self.verdicts.record(&snapshot);
         }
         self.output.write(&snapshot)?;
+        if is_final && process.untraced_children > 0 {
+            eprintln!(
+                "leakbpf: pid {pid} started {} processes that were not traced \
+                 (--follow-forks traces them)",
+                process.untraced_children
+            );
+        }
         Ok(Some(snapshot))
     }
 }

@@ -25,11 +25,11 @@ use self::{
     supervisor::TracedChild,
 };
 use crate::{
-    analyze::{Sort, Suppressions},
-    attach::{self, Attacher, Image, Probed, Programs, Scope},
+    analyze::{Plumbing, Sort, Suppressions},
+    attach::{self, Attacher, Image, Programs, Scope},
     kernel::{self, Capacity, LoadSettings, Mode},
     output::{Format, Output},
-    serve::{self, Latest},
+    serve::{self, Latest, Served},
     symbolize::SymbolizerHandle,
 };
 
@@ -63,6 +63,9 @@ pub struct Settings {
     pub follow_forks: bool,
     pub sort: Sort,
     pub suppressions: Suppressions,
+    pub plumbing: Plumbing,
+    /// The table shows allocation plumbing frames too.
+    pub show_alloc_frames: bool,
 }
 
 /// Traces the targets until the run ends; returns what the final reports said.
@@ -79,6 +82,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         settings.output.as_deref(),
         settings.output_mode,
         several,
+        settings.show_alloc_frames,
     )?;
     let listener = settings.http.map(serve::bind).transpose()?;
     if let Some(listener) = &listener {
@@ -141,16 +145,10 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             None
         }
     };
-    // A started command's allocator is only known at its exec: assume the worst.
-    let delete_probed = child.is_some()
-        || plans
-            .iter()
-            .flat_map(|(_, probes)| probes)
-            .any(|p| p.probed == Probed::Delete);
     let (ebpf, mut maps) = kernel::load(&LoadSettings {
         capacity: settings.capacity,
         mode,
-        delete_probed,
+        follow_forks: settings.follow_forks,
         fields,
     })?;
     let mut attacher = Attacher::new(Programs::new(ebpf), prefix, settings.floor);
@@ -162,7 +160,14 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         Some(listener) => {
             let latest = Latest::default();
             let _entered = runtime.enter();
-            serve::serve(listener, latest.clone(), settings.interval)?;
+            serve::serve(
+                listener,
+                Served {
+                    latest: latest.clone(),
+                    interval: settings.interval,
+                    all_frames: settings.show_alloc_frames,
+                },
+            )?;
             Some(latest)
         }
         None => None,
@@ -180,9 +185,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         (None, _) => runtime.block_on(async { Lifetime::watch(&pids) })?,
     };
     if fields.is_some() {
-        attacher
-            .programs()
-            .attach_process_tracepoints(settings.follow_forks)?;
+        attacher.programs().attach_process_tracepoints()?;
     }
     if mode == Mode::Set {
         for pid in &pids {
@@ -233,6 +236,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             verbose: settings.verbose,
             sort: settings.sort,
             suppressions: settings.suppressions,
+            plumbing: settings.plumbing,
         },
         registry: Registry::new(&pids),
         attacher,

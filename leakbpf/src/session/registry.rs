@@ -19,6 +19,8 @@ pub struct Traced {
     /// parent's, which names its stacks should it exit at once. (A child that loads a
     /// library of its own before exec is named by its parent's map all the same.)
     pub forked_from: Option<NonZeroU32>,
+    /// Processes it created that are not traced (no `--follow-forks`).
+    pub untraced_children: u64,
     /// The last facts read while it ran: a report after its exit still says what it was.
     pub facts: ProcessFacts,
 }
@@ -30,6 +32,7 @@ impl Traced {
             reports: 0,
             frames: HashMap::new(),
             forked_from,
+            untraced_children: 0,
             facts: facts::facts(pid.get()),
         }
     }

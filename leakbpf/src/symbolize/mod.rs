@@ -34,6 +34,9 @@ pub struct Frame {
     pub line: Option<u32>,
     /// A function inlined into the frame below it: it shares its address.
     pub inlined: bool,
+    /// Allocation plumbing between the allocator and the call site (see
+    /// `analyze::plumbing`), marked once the frames are named.
+    pub allocator: bool,
 }
 
 /// A stack to symbolize: its id and return addresses, innermost first.

@@ -261,6 +261,7 @@ fn frames_at(address: u64, symbol: Option<Symbol>, location: Option<Location>) -
                 file,
                 line: line.flatten(),
                 inlined: index != last,
+                allocator: false,
             }
         })
         .collect()

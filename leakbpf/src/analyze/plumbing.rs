@@ -1,0 +1,284 @@
+//! Allocation plumbing: the frames between the allocator and the code that asked for
+//! the memory (Rust's `alloc::`, libstdc++'s allocator templates, GLib's `g_malloc`,
+//! CPython's `PyMem_*`, OpenSSL's `CRYPTO_malloc`, a program's own `xmalloc`). A call
+//! site is shown at its first frame outside them, as valgrind's `--alloc-fn` does, and
+//! two stacks that differ only inside the plumbing are one call site.
+
+use std::{collections::HashMap, sync::Arc};
+
+use regex::{Regex, RegexSet};
+
+use crate::{kernel::SiteState, symbolize::Frame};
+
+/// Functions of the runtimes' allocation plumbing, as regular expressions over
+/// demangled names (a C++ or Rust name with its parameters and generics).
+const BUILT_IN: &[&str] = &[
+    // Rust's allocation API and the raw vectors, boxes and strings built on it.
+    r"^(<.* as )?alloc::",
+    r"^<alloc::",
+    r"^__rust_(alloc|alloc_zeroed|realloc)$",
+    r"^__rdl_|^__rg_",
+    r"^std::alloc::",
+    r"GlobalAlloc>::(alloc|alloc_zeroed|realloc)",
+    r"^<(tikv_jemallocator|jemallocator|mimalloc)::",
+    // C++'s operators and libstdc++'s allocators.
+    r"^operator new",
+    r"^(__gnu_cxx|std)::(__)?new_allocator<",
+    r"^std::allocator<",
+    r"^std::allocator_traits<",
+    r"^std::_Vector_base<.*>::_M_allocate",
+    r"^std::__cxx11::basic_string<.*>::_M_create",
+    r"^std::_Rb_tree<.*>::_M_(get|create)_node",
+    r"^std::__detail::_Hashtable_alloc<",
+    // C libraries' allocation wrappers.
+    r"^(__GI_)?(__)?strn?dup$",
+    r"^g_(try_)?(malloc|malloc0|realloc)(_n)?$",
+    r"^g_(strdup|strndup|memdup|memdup2|slice_alloc|slice_alloc0)$",
+    r"^_?Py(Mem|Object)_(Raw)?(Malloc|Calloc|Realloc)$",
+    r"^_PyObject_(GC_)?(New|NewVar|Malloc)",
+    r"^pymalloc_",
+    r"^CRYPTO_(malloc|zalloc|realloc|clear_realloc|strdup|strndup|memdup)$",
+    r"^x(malloc|calloc|realloc|zalloc|strdup|strndup|memdup)$",
+    r"^z(try)?(malloc|calloc|realloc)(_usable)?$",
+    r"^sqlite3(Malloc|MallocZero|Realloc|DbMallocRaw(NN)?|DbMallocZero|_malloc|_malloc64|_realloc|_realloc64)$",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("--alloc-fn {pattern:?}")]
+pub struct PatternError {
+    pattern: String,
+    source: regex::Error,
+}
+
+/// What counts as allocation plumbing in this run.
+#[derive(Debug)]
+pub struct Plumbing {
+    built_in: RegexSet,
+    /// `--alloc-fn` globs, matched against the whole name and the name without its
+    /// parameters.
+    own: Vec<Regex>,
+}
+
+impl Default for Plumbing {
+    fn default() -> Self {
+        Self::new(&[]).unwrap_or_else(|_| unreachable!("no pattern to refuse"))
+    }
+}
+
+impl Plumbing {
+    /// The built-in plumbing and the program's own wrappers, `--alloc-fn` globs (`*` any
+    /// run of characters, `?` one).
+    pub fn new(alloc_fns: &[String]) -> Result<Self, PatternError> {
+        let built_in = RegexSet::new(BUILT_IN).map_err(|source| PatternError {
+            pattern: "built in".to_owned(),
+            source,
+        })?;
+        let own = alloc_fns
+            .iter()
+            .map(|glob| {
+                let body: Vec<String> = glob
+                    .split('*')
+                    .map(|part| {
+                        let parts: Vec<String> = part.split('?').map(regex::escape).collect();
+                        parts.join(".")
+                    })
+                    .collect();
+                Regex::new(&format!("^{}$", body.join(".*"))).map_err(|source| PatternError {
+                    pattern: glob.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { built_in, own })
+    }
+
+    fn is_plumbing(&self, function: &str) -> bool {
+        let bare = function.split_once('(').map_or(function, |(name, _)| name);
+        self.built_in.is_match(function)
+            || self
+                .own
+                .iter()
+                .any(|own| own.is_match(function) || own.is_match(bare))
+    }
+
+    /// Marks each of `frames` as plumbing or not: the frames from the allocator's side
+    /// up to the first one outside (a frame inlined into plumbing is plumbing too).
+    pub fn mark(&self, frames: &mut [Frame]) {
+        for frame in frames.iter_mut() {
+            let plumbing = frame
+                .function
+                .as_deref()
+                .is_some_and(|function| self.is_plumbing(function));
+            if !plumbing {
+                break;
+            }
+            frame.allocator = true;
+        }
+    }
+}
+
+/// The index of the frame a call site is shown at: its first outside the plumbing (the
+/// last frame if every one is plumbing).
+pub fn site_frame(frames: &[Frame]) -> usize {
+    frames
+        .iter()
+        .position(|frame| !frame.allocator)
+        .unwrap_or(frames.len().saturating_sub(1))
+}
+
+/// Sites whose stacks are the same from their site frame on become one, under the
+/// smallest stack id among them.
+pub fn fold(sites: Vec<SiteState>, frames: impl Fn(u64) -> Arc<[Frame]>) -> Vec<SiteState> {
+    let mut folded: HashMap<Vec<(u64, bool)>, SiteState> = HashMap::new();
+    let mut alone = Vec::new();
+    for site in sites {
+        let stack = frames(site.stack_id);
+        if stack.is_empty() {
+            alone.push(site);
+            continue;
+        }
+        // By address and inlining: two inlined frames share an address.
+        let key: Vec<(u64, bool)> = stack[site_frame(&stack)..]
+            .iter()
+            .map(|frame| (frame.address, frame.inlined))
+            .collect();
+        folded
+            .entry(key)
+            .and_modify(|into| {
+                into.stack_id = into.stack_id.min(site.stack_id);
+                into.bytes += site.bytes;
+                into.allocations += site.allocations;
+                into.old_allocations += site.old_allocations;
+                into.oldest_ns = into.oldest_ns.min(site.oldest_ns);
+            })
+            .or_insert(site);
+    }
+    alone.extend(folded.into_values());
+    alone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(address: u64, function: &str) -> Frame {
+        Frame {
+            address,
+            function: Some(function.into()),
+            ..Frame::default()
+        }
+    }
+
+    #[test]
+    fn the_runtimes_plumbing_is_marked_up_to_the_caller() {
+        let plumbing = Plumbing::new(&["my_alloc".into()]).unwrap();
+        let mut frames = vec![
+            frame(1, "alloc::alloc::alloc"),
+            frame(
+                1,
+                "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
+            ),
+            frame(2, "alloc::raw_vec::RawVec<T,A>::grow_one"),
+            frame(3, "service::leak_sessions"),
+            frame(4, "alloc::vec::Vec<T>::push"),
+        ];
+        plumbing.mark(&mut frames);
+        let marked: Vec<bool> = frames.iter().map(|f| f.allocator).collect();
+        assert_eq!(marked, [true, true, true, false, false]);
+        assert_eq!(site_frame(&frames), 3);
+        for name in [
+            "g_strdup",
+            "g_malloc0_n",
+            "PyMem_Malloc",
+            "CRYPTO_zalloc",
+            "xmalloc",
+            "zmalloc",
+            "sqlite3Malloc",
+            "operator new(unsigned long)",
+            "__gnu_cxx::new_allocator<int>::allocate(unsigned long, void const*)",
+            "std::_Vector_base<int, std::allocator<int> >::_M_allocate(unsigned long)",
+            "my_alloc(unsigned long)",
+            "__GI___strdup",
+        ] {
+            assert!(plumbing.is_plumbing(name), "{name}");
+        }
+        for name in [
+            "main",
+            "g_hash_table_insert",
+            "my_alloc_table",
+            "EventManager::subscribe",
+        ] {
+            assert!(!plumbing.is_plumbing(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn globs_name_a_program_s_own_wrappers() {
+        let plumbing = Plumbing::new(&["app_*alloc".into(), "wrap?".into()]).unwrap();
+        assert!(plumbing.is_plumbing("app_xalloc"));
+        assert!(plumbing.is_plumbing("app_zalloc(unsigned long)"));
+        assert!(plumbing.is_plumbing("wrap1"));
+        assert!(!plumbing.is_plumbing("wrap12"));
+        assert!(!plumbing.is_plumbing("my_app_xalloc"));
+    }
+
+    #[test]
+    fn stacks_that_differ_only_inside_the_plumbing_are_one_site() {
+        let stacks: HashMap<u64, Arc<[Frame]>> = [
+            (
+                7,
+                vec![
+                    frame(0x10, "g_malloc"),
+                    frame(0x50, "leak"),
+                    frame(0x60, "main"),
+                ],
+            ),
+            (
+                3,
+                vec![
+                    frame(0x20, "g_strdup"),
+                    frame(0x50, "leak"),
+                    frame(0x60, "main"),
+                ],
+            ),
+            (
+                9,
+                vec![
+                    frame(0x30, "g_malloc"),
+                    frame(0x51, "leak"),
+                    frame(0x60, "main"),
+                ],
+            ),
+        ]
+        .into_iter()
+        .map(|(id, mut frames)| {
+            Plumbing::default().mark(&mut frames);
+            (id, Arc::from(frames))
+        })
+        .collect();
+        let site = |stack_id, bytes, oldest_ns| SiteState {
+            stack_id,
+            bytes,
+            allocations: 1,
+            oldest_ns,
+            old_allocations: 1,
+        };
+        let mut folded = fold(vec![site(7, 100, 5), site(3, 10, 2), site(9, 1, 1)], |id| {
+            stacks[&id].clone()
+        });
+        folded.sort_by_key(|s| s.stack_id);
+        assert_eq!(
+            folded,
+            [
+                SiteState {
+                    stack_id: 3,
+                    bytes: 110,
+                    allocations: 2,
+                    oldest_ns: 2,
+                    old_allocations: 2
+                },
+                site(9, 1, 1)
+            ]
+        );
+    }
+}

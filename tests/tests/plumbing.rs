@@ -1,0 +1,63 @@
+//! Allocation plumbing folded: a call site is shown at the first frame outside it, and
+//! stacks that differ only inside it are one site. Rust's is checked in rust_leaker.rs;
+//! here a program's own wrapper, named by `--alloc-fn`, and the same run without it.
+
+use leakbpf_tests::{Report, WRAPPERS, require_root, sum, trace_pid};
+
+const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
+
+const CALLERS: [&str; 2] = ["leak_through_wrapper_a", "leak_through_wrapper_b"];
+
+fn at_site(report: &Report, function: &str) -> (u64, u64) {
+    sum(report.sites_where(|site| site.site() == Some(function)))
+}
+
+#[test]
+fn a_program_s_own_wrapper_named_by_alloc_fn_is_folded() {
+    require_root();
+    let run = trace_pid(
+        LEAKBPF,
+        WRAPPERS,
+        &[],
+        &["--top", "1000", "--alloc-fn", "app_*alloc"],
+    );
+    let report = run.final_report();
+    for caller in CALLERS {
+        let truth = run.truth.truth(caller);
+        assert_eq!(
+            at_site(report, caller),
+            (truth.bytes, truth.count),
+            "at {caller}:\n{}",
+            report.describe()
+        );
+        let site = report
+            .sites_where(|site| site.site() == Some(caller))
+            .next()
+            .expect("a site");
+        assert_eq!(site.function(0), Some("app_xalloc"));
+        assert!(site.frames[0].allocator && !site.frames[site.site_frame].allocator);
+    }
+    assert_eq!(at_site(report, "churn"), (0, 0), "{}", report.describe());
+}
+
+#[test]
+fn without_alloc_fn_the_wrapper_is_the_site() {
+    require_root();
+    let run = trace_pid(LEAKBPF, WRAPPERS, &[], &["--top", "1000"]);
+    let report = run.final_report();
+    let (bytes, count) = CALLERS
+        .iter()
+        .map(|caller| run.truth.truth(caller))
+        .fold((0, 0), |(b, c), t| (b + t.bytes, c + t.count));
+    assert_eq!(
+        at_site(report, "app_xalloc"),
+        (bytes, count),
+        "{}",
+        report.describe()
+    );
+    // Still two call sites: the stacks differ past the wrapper.
+    let sites = report
+        .sites_where(|site| site.site() == Some("app_xalloc"))
+        .count();
+    assert_eq!(sites, 2, "{}", report.describe());
+}

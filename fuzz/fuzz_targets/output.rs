@@ -22,9 +22,11 @@ fn report(function: &str, module: &str, file: &str) -> Snapshot {
         function: Some(function.to_owned()),
         module: Some(module.to_owned()),
         offset: Some(0x1b2e),
+        build_id: Some("5ac1e4f0".to_owned()),
         file: file.map(str::to_owned),
         line: Some(7),
         inlined: false,
+        allocator: false,
     };
     Snapshot {
         schema_version: leakbpf::snapshot::SCHEMA_VERSION,
@@ -63,6 +65,7 @@ fn report(function: &str, module: &str, file: &str) -> Snapshot {
                 old_after_s: 3.0,
                 verdict: Verdict::Leak,
             },
+            site_frame: 0,
             frames: Arc::from([frame(Some(file)), frame(None)]),
         }],
     }
@@ -75,12 +78,12 @@ fuzz_target!(|names: (Vec<u8>, Vec<u8>, Vec<u8>)| {
     let file = String::from_utf8_lossy(&names.2);
     let report = report(&function, &module, &file);
 
-    let text = table(&report);
+    let text = table(&report, false);
     assert!(
         !text.chars().any(|c| c.is_control() && c != '\n'),
         "a control character in the table: {text:?}"
     );
-    let plain = table(&self::report("f", "m", "s"));
+    let plain = table(&self::report("f", "m", "s"), false);
     assert_eq!(
         text.lines().count(),
         plain.lines().count(),

@@ -2,9 +2,11 @@
 //! COMMAND ARGS...`, `leakbpf --all`, and `leakbpf report FILE` for a saved run.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsString,
     fs::File,
     io::{self, BufReader},
+    net::SocketAddr,
     num::{NonZeroU32, NonZeroU64, NonZeroUsize},
     path::PathBuf,
     process::ExitCode,
@@ -18,6 +20,7 @@ use crate::{
     analyze::{Plumbing, Sort, Suppressions, diff},
     kernel::{self, Capacity},
     output::{self, Format, Output},
+    serve,
     session::{self, Settings, Target, Verdicts},
     snapshot::{self, Snapshot},
 };
@@ -32,6 +35,10 @@ const DEFAULT_TOP_PROCESSES: usize = 5;
 /// `--interval` unless given.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Permissions of a new output file unless `--output-mode` says otherwise: reports name
+/// the traced program's code and files.
+const DEFAULT_OUTPUT_MODE: u32 = 0o600;
+
 const EXAMPLES: &str = "\
 Examples:
   sudo leakbpf --pid 1234                      top 10 unfreed call sites every 5 s
@@ -41,7 +48,11 @@ Examples:
   sudo leakbpf --interval 1s -- ./server --port 8080   start it traced
   sudo leakbpf --follow-forks --pid 1234       and every process it starts
   sudo leakbpf --all --top-processes 5         every process, the 5 holding most
-  leakbpf report leaks.ndjson                  a saved run, as a table";
+  sudo leakbpf -p 1234 --http 9100             serve /metrics, /debug/pprof/heap,
+                                               /flamegraph.svg, /report.json on 127.0.0.1
+  sudo leakbpf -p 1234 -f pprof -o 'heap-{n}.pb.gz'   a pprof heap profile per report
+  leakbpf report leaks.ndjson                  a saved run, as a table
+  leakbpf report -f svg leaks.ndjson > heap.svg      its final report as a flame graph";
 
 /// Finds the call stacks that hold unfreed memory in a live process, with eBPF uprobes
 /// on its allocation functions: no restart, no rebuild, low overhead.
@@ -80,17 +91,30 @@ pub struct DiffArgs {
     /// The run after (e.g. the fixed build).
     pub after: PathBuf,
     /// How the diff is written: a table, or one JSON object.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[arg(short, long, value_enum, default_value_t = DiffFormat::Table)]
+    pub format: DiffFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    /// For people.
+    Table,
+    /// One JSON object.
+    Json,
 }
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// The saved run; `-` for standard input.
     pub file: PathBuf,
-    /// How the reports are written.
+    /// How the reports are written. pprof, folded and svg write one document: the final
+    /// report of each process, or one file per report with {n} in --output.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Write to this file instead of standard output; {n} (the report's number) and
+    /// {pid} in its name make a file per report or process: heap-{n}.pb.gz.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Only the reports about this process.
     #[arg(short, long)]
     pub pid: Option<NonZeroU32>,
@@ -160,15 +184,24 @@ pub struct TraceArgs {
     /// Stop after this many reports (the last is the final one).
     #[arg(long, conflicts_with = "count_reports")]
     pub count: Option<NonZeroU64>,
-    /// How reports are written: a table for people, or one JSON object per line.
+    /// How reports are written. table and json write every report; pprof (binary, never
+    /// to a terminal), folded and svg are whole documents: only the final report, unless
+    /// --output names a file per report with {n}.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Append reports to this file instead of standard output.
-    #[arg(short, long)]
+    /// Write reports to this file instead of standard output (appended to; a document
+    /// format replaces it). {n} (the report's number) and {pid} in the name make one file
+    /// per report or per process: 'heap-{n}.pb.gz', 'heap-{pid}-{n}.svg'.
+    #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Permissions of a new --output file, in octal.
     #[arg(long, default_value = "600", value_parser = octal_mode)]
     pub output_mode: u32,
+    /// Serve the latest reports over HTTP while tracing: /metrics (Prometheus),
+    /// /debug/pprof/heap (pprof), /flamegraph.svg, /report.json. A bare PORT or :PORT
+    /// listens on 127.0.0.1 only; ADDRESS:PORT as given (0.0.0.0:9100, [::1]:9100).
+    #[arg(long, value_name = "[ADDRESS:]PORT", value_parser = serve::address)]
+    pub http: Option<SocketAddr>,
     /// Outstanding allocations the kernel map holds; beyond it they are counted as dropped.
     #[arg(long, default_value = "1000000")]
     pub max_allocs: NonZeroU32,
@@ -255,6 +288,7 @@ impl TraceArgs {
             format: self.format,
             output: self.output,
             output_mode: self.output_mode,
+            http: self.http,
             capacity: Capacity {
                 allocations: self.max_allocs.get(),
                 stacks: self.max_stacks.get(),
@@ -377,8 +411,8 @@ fn diff(args: &DiffArgs) -> Result<()> {
     };
     let diff = diff::diff(&last_final(&args.before)?, &last_final(&args.after)?);
     let text = match args.format {
-        Format::Table => output::diff_table(&diff),
-        Format::Json => {
+        DiffFormat::Table => output::diff_table(&diff),
+        DiffFormat::Json => {
             let mut line = serde_json::to_string(&diff).context("cannot write the diff")?;
             line.push('\n');
             line
@@ -391,19 +425,26 @@ fn diff(args: &DiffArgs) -> Result<()> {
 fn report(args: &ReportArgs) -> Result<()> {
     let what = args.file.display();
     let snapshots = read_saved(&args.file)?;
-    let mut output = Output::open(args.format, None, 0, args.show_alloc_frames)?;
-    let mut written = 0;
-    for snapshot in snapshots
+    let chosen: Vec<&Snapshot> = snapshots
         .iter()
         .filter(|s| args.pid.is_none_or(|pid| s.pid == pid.get()))
         .filter(|s| s.is_final || !args.final_only)
-    {
-        output.write(snapshot)?;
-        written += 1;
-    }
-    if written == 0 {
+        .collect();
+    if chosen.is_empty() {
         bail!("{what} holds no report that matches");
     }
+    let processes: BTreeSet<u32> = chosen.iter().map(|s| s.pid).collect();
+    let mut output = Output::open(
+        args.format,
+        args.output.as_deref(),
+        DEFAULT_OUTPUT_MODE,
+        processes.len() > 1,
+        args.show_alloc_frames,
+    )?;
+    for snapshot in chosen {
+        output.write(snapshot)?;
+    }
+    output.finish()?;
     Ok(())
 }
 

@@ -10,8 +10,10 @@
 //! - [`analyze`]: call sites ranked, with their growth between reports.
 //! - [`snapshot`]: one moment of one process, the type every output renders and a saved
 //!   run is read back as.
-//! - [`output`]: the formats a snapshot is written in.
+//! - [`output`]: the formats a snapshot is written in: table, JSON lines, pprof, folded
+//!   stacks, SVG flame graph, Prometheus metrics.
 //! - [`session`]: the run itself: targets, their lifetimes, the event loop.
+//! - `serve`: `--http`, the latest snapshots served to scrapers while the run goes on.
 //!
 //! The eBPF programs are in the `leakbpf-ebpf` crate; the types both sides share in
 //! `leakbpf-common`. The parsers of what a traced process provides (its ELF objects,
@@ -23,6 +25,7 @@ pub mod attach;
 pub mod cli;
 mod kernel;
 pub mod output;
+mod serve;
 mod session;
 pub mod snapshot;
 pub mod symbolize;

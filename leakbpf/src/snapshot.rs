@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{kernel::Counters, symbolize::Frame};
 
 /// Bumped on any change a consumer of the JSON lines would notice.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -309,6 +309,7 @@ pub(crate) fn example() -> Snapshot {
                 function: Some("EventManager::subscribe".into()),
                 module: Some("/srv/chat_server".into()),
                 offset: Some(0x1b2e),
+                build_id: Some("2f6c1e0a9b7d4c3e".into()),
                 file: Some("chat_server.cpp".into()),
                 line: Some(117),
                 inlined: false,
@@ -340,10 +341,10 @@ mod tests {
 
     #[test]
     fn other_schemas_and_garbage_are_named_with_their_line() {
-        let old = r#"{"schema_version":2,"pid":1}"#;
+        let old = r#"{"schema_version":3,"pid":1}"#;
         let err = read_run(format!("{old}\n").as_bytes()).unwrap_err();
         assert!(
-            matches!(err, ReadError::Schema { line: 1, found: 2 }),
+            matches!(err, ReadError::Schema { line: 1, found: 3 }),
             "{err}"
         );
         let line = serde_json::to_string(&example()).unwrap();

@@ -9,6 +9,7 @@
 pub mod allocator;
 pub mod kernel;
 pub mod process;
+pub mod readers;
 pub mod report;
 pub mod run;
 pub mod targets;

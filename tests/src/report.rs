@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Deserializer};
 
 /// The schema this mirror reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -136,6 +136,8 @@ pub struct Frame {
     pub module: Option<String>,
     #[serde(deserialize_with = "present")]
     pub offset: Option<String>,
+    #[serde(deserialize_with = "present")]
+    pub build_id: Option<String>,
     #[serde(deserialize_with = "present")]
     pub file: Option<String>,
     #[serde(deserialize_with = "present")]
@@ -352,6 +354,7 @@ mod tests {
             function: function.map(str::to_owned),
             module: function.map(|_| "/abs/path/chat_server".to_owned()),
             offset: function.map(|_| 0x1233),
+            build_id: function.map(|_| "0123456789abcdef".to_owned()),
             file: function.map(|_| "/abs/path/chat_server.cpp".to_owned()),
             line: function.map(|_| 42),
             inlined: function.is_some(),
@@ -485,7 +488,7 @@ mod tests {
             });
             assert!(added.is_err(), "a new key at {path:?} was read");
         }
-        for key in ["function", "module", "offset", "file", "line"] {
+        for key in ["function", "module", "offset", "build_id", "file", "line"] {
             let removed = at(&["callsites", "0", "frames", "1"], &|object| {
                 object.remove(key);
             });
@@ -513,6 +516,7 @@ mod tests {
             function: Some(name.into()),
             module: None,
             offset: None,
+            build_id: None,
             file: None,
             line: None,
             inlined,

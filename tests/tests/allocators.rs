@@ -25,6 +25,8 @@ struct Case {
     functions: &'static [&'static str],
     /// leakbpf's options besides those choosing the target and the JSON format.
     leakbpf_args: &'static [&'static str],
+    /// The target's own (`--wait` aside).
+    args: &'static [&'static str],
     /// A library that must exist, put in `LD_PRELOAD` (from spawn, leakbpf's too).
     preload: Option<&'static str>,
 }
@@ -47,7 +49,7 @@ impl Case {
             LEAKBPF,
             traced,
             self.target,
-            &[],
+            self.args,
             self.leakbpf_args,
             &preload,
         );
@@ -90,6 +92,7 @@ cases! {
         target: LEAKER,
         functions: &LEAKER_FUNCTIONS,
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -106,6 +109,7 @@ cases! {
             "leak_rallocx",
         ],
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -115,6 +119,7 @@ cases! {
         target: LEAKER,
         functions: &LEAKER_FUNCTIONS,
         leakbpf_args: &TOP,
+        args: &[],
         preload: Some(LIBJEMALLOC),
     } => [by_pid, from_spawn];
 
@@ -131,11 +136,14 @@ cases! {
             "leak_malloc",
         ],
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
     /// mimalloc, linked ahead of libc: malloc and mi_malloc are one function under two
     /// names; reallocarray and posix_memalign jump to mimalloc's own.
+    // Fewer churn rounds (630,000 frees, enough for the checks): mimalloc's malloc and
+    // free are probed on instructions the kernel single-steps.
     mimalloc_linked: Case {
         target: MIMALLOC_LINKED,
         functions: &[
@@ -149,6 +157,7 @@ cases! {
             "leak_mi_realloc",
         ],
         leakbpf_args: &TOP,
+        args: &["--rounds", "70000"],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -166,6 +175,7 @@ cases! {
             "leak_malloc",
         ],
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -175,6 +185,7 @@ cases! {
         target: STATIC_GLIBC,
         functions: &STATIC_GLIBC_FUNCTIONS,
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 }

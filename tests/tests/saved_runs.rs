@@ -103,7 +103,7 @@ fn bad_saved_runs_are_one_line_errors() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = dir.path().join("missing.ndjson");
     let garbage = dir.path().join("garbage.ndjson");
-    fs::write(&garbage, "{\"schema_version\":3}\nnot json\n").unwrap();
+    fs::write(&garbage, "{\"schema_version\":4}\nnot json\n").unwrap();
     let older = dir.path().join("older.ndjson");
     fs::write(&older, "{\"schema_version\":2,\"pid\":1}\n").unwrap();
     for (file, says) in [

@@ -21,9 +21,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 
-/// What the tests and the demo need (Debian package names): the compilers, bpftool, and
-/// the allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc);
-/// `file`, which the dist test asks whether the static build is static.
+/// What the tests and the demo need (Debian package names): the compilers, bpftool, the
+/// allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc), `file`
+/// (which the dist test asks whether the static build is static), and the real readers
+/// of leakbpf's outputs that the output tests run: `go tool pprof` (golang-go), a
+/// Prometheus server and promtool (prometheus), headless Chromium for the flame graph.
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -33,9 +35,21 @@ const BASE_PACKAGES: &[&str] = &[
     "libjemalloc-dev",
     "libtcmalloc-minimal4",
     "libmimalloc-dev",
+    "golang-go",
+    "prometheus",
+    "chromium",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
-const BASE_COMMANDS: &[&str] = &["g++", "make", "bpftool", "file"];
+const BASE_COMMANDS: &[&str] = &[
+    "g++",
+    "make",
+    "bpftool",
+    "file",
+    "go",
+    "prometheus",
+    "promtool",
+    "chromium",
+];
 /// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[
     "rustc-web",

@@ -28,6 +28,7 @@ use crate::{
     attach::{self, Attacher, Image, ImageError, Scope},
     kernel::{self, KernelMaps, Mode, Scan, SiteState},
     output::{Output, ProcessSummary},
+    serve::Latest,
     snapshot::Snapshot,
     symbolize::{StackRequest, SymbolizerHandle},
 };
@@ -84,6 +85,8 @@ pub struct EventLoop {
     pub attacher: Attacher,
     pub maps: KernelMaps,
     pub output: Output,
+    /// With `--http`: where the latest reports are published for the server.
+    pub latest: Option<Latest>,
     pub symbolizer: SymbolizerHandle,
     /// The command leakbpf started: its execs are held, and attached to, by ptrace.
     pub started: Option<NonZeroU32>,
@@ -170,6 +173,7 @@ impl EventLoop {
         }
         self.report_interval(true).await?;
         self.attacher.programs().detach_all();
+        self.output.finish()?;
         Ok(self.verdicts)
     }
 
@@ -335,7 +339,11 @@ impl EventLoop {
             let status = status.unwrap_or_else(|| "exited".to_owned());
             eprintln!("leakbpf: pid {pid} {status}");
             let sites = self.drain()?.remove(&pid.get()).unwrap_or_default();
-            self.report(pid, sites, true).await?;
+            if let (Some(snapshot), Some(latest)) =
+                (self.report(pid, sites, true).await?, &self.latest)
+            {
+                latest.update(snapshot);
+            }
         }
         // With one traced process, the kernel's counters are its own and outlive it.
         let forget = self.settings.mode != Mode::One(pid);
@@ -417,20 +425,25 @@ impl EventLoop {
                 summaries.iter().map(|s| s.pid).collect()
             }
         };
+        let mut round = Vec::new();
         for pid in pids {
             let sites = drained.remove(&pid.get()).unwrap_or_default();
-            self.report(pid, sites, is_final).await?;
+            round.extend(self.report(pid, sites, is_final).await?);
+        }
+        if let Some(latest) = &self.latest {
+            latest.replace(round);
         }
         Ok(())
     }
 
-    /// Writes a report on process `pid`, holding `sites`.
+    /// Writes a report on process `pid`, holding `sites`, and returns it (None when the
+    /// process is not traced).
     async fn report(
         &mut self,
         pid: NonZeroU32,
         sites: Vec<SiteState>,
         is_final: bool,
-    ) -> Result<()> {
+    ) -> Result<Option<Snapshot>> {
         self.registry.add(pid, None);
         let now_ns = kernel::boot_time_ns();
         let (interval, top, sort) = (
@@ -443,7 +456,7 @@ impl EventLoop {
         self.symbolize(pid, sites.iter().map(|s| s.stack_id).collect())
             .await?;
         let Some(process) = self.registry.get_mut(pid) else {
-            return Ok(());
+            return Ok(None);
         };
         let frames = &process.frames;
         let sites = analyze::fold(sites, |id| {
@@ -457,7 +470,7 @@ impl EventLoop {
             .maps
             .counters(pid.get(), matches!(self.settings.mode, Mode::One(_)))?;
         let Some(process) = self.registry.get_mut(pid) else {
-            return Ok(());
+            return Ok(None);
         };
         process.reports += 1;
         let silent = counters.allocations + counters.frees + counters.unknown_frees == 0;
@@ -508,7 +521,7 @@ impl EventLoop {
                 process.untraced_children
             );
         }
-        Ok(())
+        Ok(Some(snapshot))
     }
 }
 

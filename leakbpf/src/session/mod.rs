@@ -12,7 +12,7 @@ mod registry;
 mod spawn;
 mod supervisor;
 
-use std::{ffi::OsString, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
@@ -29,6 +29,7 @@ use crate::{
     attach::{self, Attacher, Image, Programs, Scope},
     kernel::{self, Capacity, LoadSettings, Mode},
     output::{Format, Output},
+    serve::{self, Latest, Served},
     symbolize::SymbolizerHandle,
 };
 
@@ -50,6 +51,8 @@ pub struct Settings {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub output_mode: u32,
+    /// `--http`: where to serve the latest reports.
+    pub http: Option<SocketAddr>,
     pub capacity: Capacity,
     pub verbose: bool,
     /// Empty programs instead of the real ones: the benchmark's floor.
@@ -68,13 +71,25 @@ pub struct Settings {
 /// Traces the targets until the run ends; returns what the final reports said.
 pub fn run(settings: Settings) -> Result<Verdicts> {
     attach::check_privileges()?;
-    // Before anything is attached, so a bad path costs nothing.
+    let several = match &settings.target {
+        Target::Pids(pids) => pids.len() > 1 || settings.follow_forks,
+        Target::Command(_) => settings.follow_forks,
+        Target::All { .. } => true,
+    };
+    // Before anything is attached, so a bad path or a port in use costs nothing.
     let output = Output::open(
         settings.format,
         settings.output.as_deref(),
         settings.output_mode,
+        several,
         settings.show_alloc_frames,
     )?;
+    let listener = settings.http.map(serve::bind).transpose()?;
+    if let Some(listener) = &listener {
+        let address = listener.local_addr().context("--http")?;
+        let paths = "/metrics, /debug/pprof/heap, /flamegraph.svg, /report.json";
+        eprintln!("leakbpf: serving http://{address} ({paths})");
+    }
     let prefix = settings.symbol_prefix.clone();
     // A started command is planned at its exec, when its new image is there to read;
     // running processes now, as the programs are loaded with what their plans say.
@@ -141,6 +156,22 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         .enable_all()
         .build()
         .context("cannot start the agent's runtime")?;
+    let latest = match listener {
+        Some(listener) => {
+            let latest = Latest::default();
+            let _entered = runtime.enter();
+            serve::serve(
+                listener,
+                Served {
+                    latest: latest.clone(),
+                    interval: settings.interval,
+                    all_frames: settings.show_alloc_frames,
+                },
+            )?;
+            Some(latest)
+        }
+        None => None,
+    };
     // Taken before attaching, so an exit during the attach is seen.
     let lifetime = match (&child, mode) {
         // Seized before it runs, so its first exec, and even an exit in its first
@@ -211,6 +242,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         attacher,
         maps,
         output,
+        latest,
         symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,
         started,
         starting: started,

@@ -28,6 +28,8 @@ pub struct Frame {
     /// The address's offset in that file.
     #[serde(with = "hex::option")]
     pub offset: Option<u64>,
+    /// The build id of that file (its `.note.gnu.build-id`), in hex, when it has one.
+    pub build_id: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
     /// A function inlined into the frame below it: it shares its address.

@@ -124,8 +124,9 @@ impl Worker {
             })
     }
 
-    /// The module and file offset of each of `calls`, while the process is alive.
-    fn locations(&self, pid: NonZeroU32, calls: &[u64]) -> Vec<Option<(String, u64)>> {
+    /// The module, file offset and build id of each of `calls`, while the process is
+    /// alive.
+    fn locations(&self, pid: NonZeroU32, calls: &[u64]) -> Vec<Option<Location>> {
         let normalized = self
             .normalizer
             .normalize_user_addrs(Pid::from(pid.get()), calls)
@@ -141,17 +142,37 @@ impl Worker {
                 // The trampoline is the return address itself, not a call before it.
                 let address = call + 1;
                 if let Some(area) = trampolines.as_ref().filter(|area| area.contains(&address)) {
-                    return Some((UPROBES_AREA.to_owned(), address - area.start));
+                    return Some(Location {
+                        module: UPROBES_AREA.to_owned(),
+                        offset: address - area.start,
+                        build_id: None,
+                    });
                 }
                 let output = normalized.as_ref()?;
                 let &(offset, meta) = output.outputs.get(index)?;
                 match output.meta.get(meta) {
-                    Some(UserMeta::Elf(elf)) => Some((elf.path.display().to_string(), offset)),
+                    Some(UserMeta::Elf(elf)) => Some(Location {
+                        module: elf.path.display().to_string(),
+                        offset,
+                        build_id: elf.build_id.as_deref().map(hex_bytes),
+                    }),
                     _ => None,
                 }
             })
             .collect()
     }
+}
+
+/// Where an address is in the files a process maps.
+struct Location {
+    module: String,
+    offset: u64,
+    build_id: Option<String>,
+}
+
+/// Bytes in lowercase hex, as build ids are written (`file`, `readelf -n`, pprof).
+fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The name /proc/PID/maps gives the page of uprobe trampolines.
@@ -206,19 +227,23 @@ impl Symbol {
     }
 }
 
-fn frames_at(address: u64, symbol: Option<Symbol>, location: Option<(String, u64)>) -> Vec<Frame> {
+fn frames_at(address: u64, symbol: Option<Symbol>, location: Option<Location>) -> Vec<Frame> {
     let Some(symbol) = symbol else {
-        let (module, offset) = location.unzip();
         return vec![Frame {
             address,
-            module,
-            offset,
+            module: location.as_ref().map(|l| l.module.clone()),
+            offset: location.as_ref().map(|l| l.offset),
+            build_id: location.and_then(|l| l.build_id),
             ..Frame::default()
         }];
     };
-    let (module, offset) = match location {
-        Some((module, offset)) => (Some(module), Some(offset)),
-        None => (symbol.module, Some(symbol.module_address)),
+    let (module, offset, build_id) = match location {
+        Some(location) => (
+            Some(location.module),
+            Some(location.offset),
+            location.build_id,
+        ),
+        None => (symbol.module, Some(symbol.module_address), None),
     };
     let last = symbol.functions.len() - 1;
     symbol
@@ -232,6 +257,7 @@ fn frames_at(address: u64, symbol: Option<Symbol>, location: Option<(String, u64
                 function: Some(function),
                 module: module.clone(),
                 offset,
+                build_id: build_id.clone(),
                 file,
                 line: line.flatten(),
                 inlined: index != last,

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     analyze::{Plumbing, Sort, Suppressions, diff},
-    kernel::Capacity,
+    kernel::{self, Capacity},
     output::{self, Format, Output},
     serve,
     session::{self, Settings, Target, Verdicts},
@@ -59,12 +59,16 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(
     name = "leakbpf",
-    version,
+    disable_version_flag = true,
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
+    /// Print the version, the commit it was built from, and the kernel features found
+    /// (for a bug report).
+    #[arg(short = 'V', long, exclusive = true)]
+    pub version: bool,
     #[command(subcommand)]
     pub subcommand: Option<Command>,
     #[command(flatten)]
@@ -339,6 +343,10 @@ pub fn main() -> ExitCode {
         log::LevelFilter::Warn
     };
     env_logger::Builder::new().filter_level(level).init();
+    if cli.version {
+        print!("{}", version());
+        return ExitCode::SUCCESS;
+    }
     let result = match cli.subcommand {
         Some(Command::Report(args)) => report(&args).map(|()| None),
         Some(Command::Diff(args)) => diff(&args).map(|()| None),
@@ -356,6 +364,17 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `leakbpf --version`: what a bug report needs to say about this build and this kernel.
+fn version() -> String {
+    format!(
+        "leakbpf {}\ncommit: {}\nbuilt for: {}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        env!("LEAKBPF_COMMIT"),
+        env!("LEAKBPF_BUILD_TARGET"),
+        kernel::features::probe()
+    )
 }
 
 /// A traced run; returns the leak check's failure, if any.
@@ -536,6 +555,16 @@ mod tests {
                 .unwrap()
                 .contains("4096 B in pid 7")
         );
+    }
+
+    #[test]
+    fn takes_version_alone() {
+        for flag in ["--version", "-V"] {
+            let cli = Cli::try_parse_from(["leakbpf", flag]).unwrap();
+            assert!(cli.version);
+            assert!(Cli::try_parse_from(["leakbpf", flag, "--pid", "1"]).is_err());
+        }
+        assert!(!Cli::try_parse_from(["leakbpf", "-p", "1"]).unwrap().version);
     }
 
     #[test]

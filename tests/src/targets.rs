@@ -2,6 +2,19 @@
 
 pub const CHAT_SERVER: &str = env!("LEAKBPF_TARGET_CHAT_SERVER");
 pub const LEAKER: &str = env!("LEAKBPF_TARGET_LEAKER");
+/// leaker.c's leaking functions.
+pub const LEAKER_FUNCTIONS: [&str; 10] = [
+    "leak_malloc",
+    "leak_calloc",
+    "leak_realloc_grow",
+    "leak_realloc_shrink",
+    "leak_reallocarray",
+    "leak_posix_memalign",
+    "leak_aligned_alloc",
+    "leak_memalign",
+    "leak_valloc",
+    "leak_pvalloc",
+];
 pub const THREADS: &str = env!("LEAKBPF_TARGET_THREADS");
 pub const EARLY: &str = env!("LEAKBPF_TARGET_EARLY");
 /// A steady leak, a stepped one, a cache and a churn at once; or RSS grown through mmap
@@ -26,6 +39,14 @@ pub const TCMALLOC_NEW: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW");
 pub const MIMALLOC_LINKED: &str = env!("LEAKBPF_TARGET_MIMALLOC_LINKED");
 pub const PREFIXED: &str = env!("LEAKBPF_TARGET_PREFIXED");
 pub const STATIC_GLIBC: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC");
+/// static_glibc.c's leaking functions.
+pub const STATIC_GLIBC_FUNCTIONS: [&str; 5] = [
+    "leak_malloc",
+    "leak_calloc",
+    "leak_realloc",
+    "leak_posix_memalign",
+    "leak_aligned_alloc",
+];
 pub const HOSTILE_STACK: &str = env!("LEAKBPF_TARGET_HOSTILE_STACK");
 /// Leaks from functions with hostile names: thousands of characters long, with control
 /// characters, not UTF-8 (tests/targets/hostile_names.c).

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use leakbpf_tests::{
-    JEMALLOC_LINKED, LEAKER, MIMALLOC_LINKED, PREFIXED, STATIC_GLIBC, TCMALLOC_NEW, Traced,
-    assert_allocator_run, require_root, trace,
+    JEMALLOC_LINKED, LEAKER, LEAKER_FUNCTIONS, MIMALLOC_LINKED, PREFIXED, STATIC_GLIBC,
+    STATIC_GLIBC_FUNCTIONS, TCMALLOC_NEW, Traced, assert_allocator_run, require_root, trace,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -18,20 +18,6 @@ const TOP: [&str; 2] = ["--top", "1000"];
 /// Debian's libjemalloc2.
 const LIBJEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
-/// leaker.c's leaking functions.
-const LEAKER_FUNCTIONS: [&str; 10] = [
-    "leak_malloc",
-    "leak_calloc",
-    "leak_realloc_grow",
-    "leak_realloc_shrink",
-    "leak_reallocarray",
-    "leak_posix_memalign",
-    "leak_aligned_alloc",
-    "leak_memalign",
-    "leak_valloc",
-    "leak_pvalloc",
-];
-
 /// A target and how to trace it.
 struct Case {
     target: &'static str,
@@ -39,6 +25,8 @@ struct Case {
     functions: &'static [&'static str],
     /// leakbpf's options besides those choosing the target and the JSON format.
     leakbpf_args: &'static [&'static str],
+    /// The target's own (`--wait` aside).
+    args: &'static [&'static str],
     /// A library that must exist, put in `LD_PRELOAD` (from spawn, leakbpf's too).
     preload: Option<&'static str>,
 }
@@ -61,7 +49,7 @@ impl Case {
             LEAKBPF,
             traced,
             self.target,
-            &[],
+            self.args,
             self.leakbpf_args,
             &preload,
         );
@@ -104,6 +92,7 @@ cases! {
         target: LEAKER,
         functions: &LEAKER_FUNCTIONS,
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -120,6 +109,7 @@ cases! {
             "leak_rallocx",
         ],
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -129,6 +119,7 @@ cases! {
         target: LEAKER,
         functions: &LEAKER_FUNCTIONS,
         leakbpf_args: &TOP,
+        args: &[],
         preload: Some(LIBJEMALLOC),
     } => [by_pid, from_spawn];
 
@@ -145,11 +136,14 @@ cases! {
             "leak_malloc",
         ],
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
     /// mimalloc, linked ahead of libc: malloc and mi_malloc are one function under two
     /// names; reallocarray and posix_memalign jump to mimalloc's own.
+    // Fewer churn rounds (630,000 frees, enough for the checks): mimalloc's malloc and
+    // free are probed on instructions the kernel single-steps.
     mimalloc_linked: Case {
         target: MIMALLOC_LINKED,
         functions: &[
@@ -163,6 +157,7 @@ cases! {
             "leak_mi_realloc",
         ],
         leakbpf_args: &TOP,
+        args: &["--rounds", "70000"],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -180,6 +175,7 @@ cases! {
             "leak_malloc",
         ],
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 
@@ -187,14 +183,9 @@ cases! {
     /// no libc.so and no dynamic loader to find it through.
     static_glibc: Case {
         target: STATIC_GLIBC,
-        functions: &[
-            "leak_malloc",
-            "leak_calloc",
-            "leak_realloc",
-            "leak_posix_memalign",
-            "leak_aligned_alloc",
-        ],
+        functions: &STATIC_GLIBC_FUNCTIONS,
         leakbpf_args: &TOP,
+        args: &[],
         preload: None,
     } => [by_pid, from_spawn];
 }

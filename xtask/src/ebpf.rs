@@ -227,7 +227,7 @@ fn flag_list(value: Option<&toml::Value>, path: &Path) -> Result<Vec<String>> {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(format!("{:x}", Sha256::digest(bytes)))
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod ebpf;
 mod rustc_wrapper;
 mod test;
@@ -25,8 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the tests and the demo need (apt packages: g++, make, bpftool, the
-    /// allocators, and the output tests' readers: golang-go, prometheus, chromium)
+    /// Install what the tests, the demo and dist need (apt packages: g++, make, bpftool,
+    /// util-linux, file, the allocators, and the output tests' readers: golang-go,
+    /// prometheus, chromium; the musl target; cargo-deb)
     Setup {
         /// Also the eBPF toolchain (nightly + rust-src, or Debian's rustc-web + LLVM 22;
         /// and bpf-linker)
@@ -53,7 +55,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Everything CI checks: setup --ebpf, fmt, clippy, clippy-ebpf, check-ebpf, tests
+    /// Build leakbpf for production hosts: one static executable (x86_64 musl), its
+    /// SHA-256 and a .deb of it, in target/leakbpf-dist; prints the executable's path last
+    Dist,
+    /// Everything CI checks: setup --ebpf, fmt, clippy, clippy-ebpf, check-ebpf, dist, tests
     Test,
 }
 
@@ -73,6 +78,9 @@ fn try_main() -> Result<ExitCode> {
         Task::CheckEbpf => ebpf::check(&root)?,
         Task::Demo => return Ok(ExitCode::from(demo::demo(&root)?)),
         Task::Run { args } => return Ok(ExitCode::from(demo::run(&root, &args)?)),
+        Task::Dist => {
+            dist::dist(&root)?;
+        }
         Task::Test => test::run(&root)?,
         Task::Bench { args } => return Ok(ExitCode::from(bench::run(&root, &args)?)),
     }

@@ -3,9 +3,9 @@
 use std::{
     env,
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -23,8 +23,15 @@ const STEPS: &[(&str, Step)] = &[
     ("clippy", clippy),
     ("clippy-ebpf", ebpf::clippy),
     ("check-ebpf", ebpf::check),
+    ("dist", dist),
     ("test", test),
 ];
+
+/// The tests of the static build (tests/tests/dist.rs) read its path from this variable.
+const DIST_ENV: &str = "LEAKBPF_DIST";
+
+/// The static binary the `dist` step built.
+static DIST: OnceLock<PathBuf> = OnceLock::new();
 
 /// Test counts summed over every test binary of the `test` step.
 static TALLY: Mutex<Tally> = Mutex::new(Tally {
@@ -111,11 +118,54 @@ fn clippy(root: &Path) -> Result<()> {
     ]))
 }
 
+/// `cargo xtask dist` as anyone runs it, once for every test that needs it: a release
+/// build for musl costs minutes, and here it is built unprivileged, outside the tests'
+/// deadlines. Its last line, the static binary's path, is what the tests get.
+fn dist(root: &Path) -> Result<()> {
+    let xtask = env::current_exe().context("cannot find xtask's own executable")?;
+    let mut cmd = Command::new(xtask);
+    cmd.current_dir(root).arg("dist");
+    let mut last = String::new();
+    stream(&mut cmd, |line| last = line.to_owned())?;
+    let binary = PathBuf::from(last);
+    if !binary.is_file() {
+        bail!(
+            "`cargo xtask dist` printed {} last, which is no file",
+            binary.display()
+        );
+    }
+    DIST.set(binary)
+        .map_err(|_| anyhow::anyhow!("the dist step ran twice"))
+}
+
+/// Runs `cmd`, printing its stdout line by line and handing each line to `each`; fails
+/// unless it succeeds.
+fn stream(cmd: &mut Command, mut each: impl FnMut(&str)) -> Result<()> {
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", devutil::describe(cmd)))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("cannot read {}", devutil::describe(cmd)))?;
+        println!("{line}");
+        each(&line);
+    }
+    let status = child.wait().context("cannot wait for it")?;
+    if !status.success() {
+        bail!("{} failed ({status})", devutil::describe(cmd));
+    }
+    Ok(())
+}
+
 /// The tests load eBPF programs, so the test binaries run as root: directly when we are,
 /// else through `sudo -E` as cargo's runner (the build stays unprivileged).
 fn test(root: &Path) -> Result<()> {
     let mut cmd = cargo(root);
     cmd.args(["test", "--workspace"]);
+    if let Some(binary) = DIST.get() {
+        cmd.env(DIST_ENV, binary);
+    }
     if !is_root() {
         if which("sudo").is_none() {
             bail!("the tests load eBPF programs and need root: run as root, or install sudo");
@@ -131,25 +181,14 @@ fn test(root: &Path) -> Result<()> {
         cmd.arg("--config")
             .arg(format!("target.'cfg(all())'.runner = {runner}"));
     }
-    cmd.stdout(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", devutil::describe(&cmd)))?;
-    let stdout = child.stdout.take().context("cargo test has no stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("cannot read cargo test's output")?;
-        println!("{line}");
-        if let Some((passed, failed)) = counts(&line) {
+    stream(&mut cmd, |line| {
+        if let Some((passed, failed)) = counts(line) {
             let mut tally = TALLY.lock().unwrap_or_else(PoisonError::into_inner);
             tally.passed += passed;
             tally.failed += failed;
         }
-    }
-    let status = child.wait().context("cannot wait for cargo test")?;
+    })?;
     let tally = *TALLY.lock().unwrap_or_else(PoisonError::into_inner);
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
     if tally.passed == 0 {
         bail!("cargo test ran no test");
     }

@@ -22,15 +22,16 @@ use anyhow::{Context, Result, bail};
 use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 
 /// What the tests and the demo need (Debian package names): the compilers, bpftool, the
-/// allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc), and the
-/// real readers of leakbpf's outputs that the output tests run: `go tool pprof`
-/// (golang-go), a Prometheus server and promtool (prometheus), headless Chromium for
-/// the flame graph.
+/// allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc), `file`
+/// (which the dist test asks whether the static build is static), and the real readers
+/// of leakbpf's outputs that the output tests run: `go tool pprof` (golang-go), a
+/// Prometheus server and promtool (prometheus), headless Chromium for the flame graph.
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
     "bpftool",
     "util-linux",
+    "file",
     "libjemalloc-dev",
     "libtcmalloc-minimal4",
     "libmimalloc-dev",
@@ -43,6 +44,7 @@ const BASE_COMMANDS: &[&str] = &[
     "g++",
     "make",
     "bpftool",
+    "file",
     "go",
     "prometheus",
     "promtool",
@@ -101,26 +103,58 @@ pub fn ensure_base_packages() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fmt` and `cargo clippy` for `cargo xtask test`, from rustup when missing.
-/// The target the tests build a statically linked musl Rust program for.
-const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The target of `cargo xtask dist`'s static build, and of the static Rust test program.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// cargo-deb, which `cargo xtask dist` packages the static build with.
+const CARGO_DEB_VERSION: &str = "^3";
 
+/// Whether `cargo SUBCOMMAND --version` runs.
+fn cargo_has(subcommand: &str) -> bool {
+    try_output(Command::new("cargo").args([subcommand, "--version"])).is_some()
+}
+
+/// `cargo fmt` and `cargo clippy` for `cargo xtask test`, from rustup when missing; the
+/// musl target; cargo-deb.
 fn ensure_rust_components() -> Result<()> {
-    let works = |sub: &str| try_output(Command::new("cargo").args([sub, "--version"])).is_some();
-    if !(works("fmt") && works("clippy")) {
+    if !(cargo_has("fmt") && cargo_has("clippy")) {
         if which("rustup").is_none() {
             bail!("`cargo fmt` or `cargo clippy` is missing, and there is no rustup to add them");
         }
         devutil::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     }
+    ensure_musl_target()?;
+    ensure_cargo_deb()
+}
+
+/// The musl target's standard library, from rustup when missing (without rustup, the
+/// build that needs it says what is missing).
+pub fn ensure_musl_target() -> Result<()> {
     let installed = try_output(Command::new("rustup").args(["target", "list", "--installed"]))
         .is_some_and(|targets| targets.lines().any(|t| t.trim() == MUSL_TARGET));
     if !installed && which("rustup").is_some() {
         devutil::run(Command::new("rustup").args(["target", "add", MUSL_TARGET])).context(
-            "the musl target is needed by the static Rust test (tests/tests/rust_musl.rs)",
+            "the musl target is needed by `cargo xtask dist` and the static Rust test \
+             (tests/tests/rust_leaker.rs)",
         )?;
     }
     Ok(())
+}
+
+/// `cargo deb`, installed with `cargo install --locked` when missing.
+pub fn ensure_cargo_deb() -> Result<()> {
+    if cargo_has("deb") {
+        return Ok(());
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]);
+    println!("installing cargo-deb: {}", devutil::describe(&cmd));
+    devutil::run(&mut cmd)
 }
 
 /// How the eBPF object gets built.

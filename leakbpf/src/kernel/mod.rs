@@ -1,9 +1,11 @@
 //! The kernel side as userspace sees it: the eBPF object loaded with this run's
 //! settings, and its maps read. Every aya map is used here and nowhere else; the
-//! programs themselves are attached by [`crate::attach`].
+//! programs themselves are attached by [`crate::attach`]. And what the kernel offers,
+//! for bug reports ([`features`]).
 
 mod batch;
 mod clock;
+pub mod features;
 mod maps;
 
 use std::num::NonZeroU32;

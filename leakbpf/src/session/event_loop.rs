@@ -186,8 +186,9 @@ impl EventLoop {
         }
     }
 
-    /// The started command, held at an exec: the new image's probes are attached before
-    /// it runs. The first image must be traceable; a later one that is not is said.
+    /// The started command (or, with `--follow-forks`, a process it started), held at an
+    /// exec: the new image's probes are attached before it runs. The first image must be
+    /// traceable; a later one that is not is said.
     fn attach_exec(&mut self, pid: NonZeroU32) -> Result<()> {
         let first = std::mem::take(&mut self.first_image);
         if let Some(process) = self.registry.get_mut(pid) {
@@ -198,7 +199,9 @@ impl EventLoop {
             .attacher
             .attach_image(&mut self.maps, Image::Exec(pid), scope)
         {
-            Ok(attachment) => {
+            // The processes a build or a test runner starts come by the thousand: their
+            // probes are said with --verbose only.
+            Ok(attachment) if self.started == Some(pid) || self.settings.verbose => {
                 let whom = match facts::facts(pid.get()).executable {
                     Some(exe) => format!("pid {pid} ({exe})"),
                     None => format!("pid {pid}"),
@@ -206,6 +209,7 @@ impl EventLoop {
                 eprintln!("{}", attachment.describe(&whom, self.settings.verbose));
                 Ok(())
             }
+            Ok(_) => Ok(()),
             Err(err) if first => {
                 // It must not run untraced.
                 // SAFETY: a signal to our own child, held by ptrace.
@@ -307,14 +311,15 @@ impl EventLoop {
 
     /// Process `pid` called exec at `exec_ns`: the blocks of its old image are gone, its
     /// stacks mean other code from now on, and its new image may allocate elsewhere.
-    /// (The started command's new images are attached at their exec stop instead.)
+    /// (The started command's new images, and its descendants', are attached at their
+    /// exec stop instead.)
     fn executed(&mut self, pid: NonZeroU32, exec_ns: u64) {
         self.registry.executed(pid, exec_ns);
         if self.settings.mode == Mode::All {
             return;
         }
         eprintln!("leakbpf: pid {pid} called exec: the blocks of its old image are dropped");
-        if self.started == Some(pid) {
+        if self.started.is_some() {
             return;
         }
         let scope = self.scope(pid);

@@ -1,5 +1,6 @@
 //! How the agent learns that the processes it attached to, or the command it started,
-//! end, and (for the started command) when it calls exec.
+//! end, and (for the started command and, with `--follow-forks`, the processes it
+//! starts) when they call exec.
 
 use std::{
     io,
@@ -16,10 +17,11 @@ use super::{
 
 /// What happens to the traced processes.
 pub enum LifeEvent {
-    /// The started command (or a program it exec'd into) is held at its exec, before
-    /// the new image runs, until [`Lifetime::resume`].
+    /// The started command (or a program it exec'd into, or with `--follow-forks` a
+    /// process it started) is held at its exec, before the new image runs, until
+    /// [`Lifetime::resume`].
     Exec(NonZeroU32),
-    /// The started command is held at its exit, its memory still mapped, until
+    /// One of those is held at its exit, its memory still mapped, until
     /// [`Lifetime::resume`].
     Exiting(NonZeroU32),
     /// A process is gone; how, when it was a command leakbpf started.
@@ -61,14 +63,11 @@ impl Lifetime {
     pub async fn next(&mut self) -> LifeEvent {
         let event = match self {
             Lifetime::Pids(exited) => exited.recv().await.map(|pid| LifeEvent::Exited(pid, None)),
-            Lifetime::Child(child) => {
-                let pid = child.pid();
-                child.next().await.map(|event| match event {
-                    ChildEvent::Exec => LifeEvent::Exec(pid),
-                    ChildEvent::Exiting => LifeEvent::Exiting(pid),
-                    ChildEvent::Exited(status) => LifeEvent::Exited(pid, Some(status)),
-                })
-            }
+            Lifetime::Child(child) => child.next().await.map(|(pid, event)| match event {
+                ChildEvent::Exec => LifeEvent::Exec(pid),
+                ChildEvent::Exiting => LifeEvent::Exiting(pid),
+                ChildEvent::Exited(status) => LifeEvent::Exited(pid, Some(status)),
+            }),
         };
         match event {
             Some(event) => event,

@@ -178,7 +178,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         // microseconds, is held.
         (Some(child), _) => Lifetime::Child(
             runtime
-                .block_on(async { TracedChild::seize(child.pid) })
+                .block_on(async { TracedChild::seize(child.pid, settings.follow_forks) })
                 .context("cannot supervise the command")?,
         ),
         (None, Mode::All) => runtime.block_on(async { Lifetime::watch(&[]) })?,

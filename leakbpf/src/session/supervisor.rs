@@ -1,7 +1,9 @@
 //! Supervises a command leakbpf started, so its probes are in place before each program
 //! it runs starts, and its stacks can be symbolized at its exit.
 //!
-//! The child is seized with ptrace for two events only:
+//! The child is seized with ptrace for two events only (with `--follow-forks`, every
+//! process it starts is too, from its fork on, so a child that execs and exits within
+//! milliseconds is held like the command):
 //! - `PTRACE_EVENT_EXEC`: the new image is loaded and has not run an instruction. The
 //!   started command's own exec is the first; a launcher (`env VAR=… prog`, `nice`,
 //!   `timeout`, a `#!` script, a shell wrapper ending in `exec`) makes more. The agent
@@ -18,7 +20,7 @@ use std::{io, num::NonZeroU32, sync::mpsc, thread, time::Duration};
 
 use tokio::sync::mpsc as async_mpsc;
 
-/// What happens to the supervised child.
+/// What happens to a supervised process.
 #[derive(Debug)]
 pub enum ChildEvent {
     /// Stopped after an exec, before the new image runs, until the agent calls
@@ -32,8 +34,7 @@ pub enum ChildEvent {
 }
 
 pub struct TracedChild {
-    pid: NonZeroU32,
-    events: async_mpsc::UnboundedReceiver<ChildEvent>,
+    events: async_mpsc::UnboundedReceiver<(NonZeroU32, ChildEvent)>,
     resume: mpsc::Sender<()>,
 }
 
@@ -41,24 +42,25 @@ pub struct TracedChild {
 const MAX_HOLD: Duration = Duration::from_secs(30);
 
 impl TracedChild {
-    /// Seizes `pid`, a child of this process that has not run the command yet. Returns
-    /// once it is seized, so no exit can be missed.
-    pub fn seize(pid: NonZeroU32) -> io::Result<Self> {
+    /// Seizes `pid`, a child of this process that has not run the command yet, and with
+    /// `follow_forks` every process it starts. Returns once it is seized, so no exit can
+    /// be missed.
+    pub fn seize(pid: NonZeroU32, follow_forks: bool) -> io::Result<Self> {
         let (events_tx, events) = async_mpsc::unbounded_channel();
         let (resume, resume_rx) = mpsc::channel();
         let (seized_tx, seized_rx) = mpsc::channel();
         // ptrace requests must come from the thread that seized: that thread also waits.
         thread::Builder::new().name("child".into()).spawn(move || {
             let pid = pid.get() as libc::pid_t;
+            let mut options = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC;
+            // A fork, vfork or posix_spawn; threads (PTRACE_O_TRACECLONE) stay untraced:
+            // their exits are not the process's.
+            if follow_forks {
+                options |= libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACEVFORK;
+            }
             // SAFETY: seizes our own child; no pointers are passed.
-            let seized = unsafe {
-                libc::ptrace(
-                    libc::PTRACE_SEIZE,
-                    pid,
-                    0,
-                    (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as libc::c_long,
-                )
-            };
+            let seized =
+                unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, options as libc::c_long) };
             let ok = seized == 0;
             let _ = seized_tx.send(if ok {
                 Ok(())
@@ -66,76 +68,77 @@ impl TracedChild {
                 Err(io::Error::last_os_error())
             });
             if ok {
-                supervise(pid, &events_tx, &resume_rx);
+                supervise(&events_tx, &resume_rx);
             }
         })?;
         seized_rx
             .recv()
             .map_err(|_| io::Error::other("the supervising thread ended"))??;
-        Ok(Self {
-            pid,
-            events,
-            resume,
-        })
+        Ok(Self { events, resume })
     }
 
-    pub fn pid(&self) -> NonZeroU32 {
-        self.pid
-    }
-
-    /// The next event; None once the child is gone and reported.
-    pub async fn next(&mut self) -> Option<ChildEvent> {
+    /// The next event and whose it is; None once every supervised process is gone and
+    /// reported.
+    pub async fn next(&mut self) -> Option<(NonZeroU32, ChildEvent)> {
         self.events.recv().await
     }
 
-    /// Lets a child held at [`ChildEvent::Exec`] run, or one held at
-    /// [`ChildEvent::Exiting`] finish exiting.
+    /// Lets the process held at [`ChildEvent::Exec`] run, or the one held at
+    /// [`ChildEvent::Exiting`] finish exiting (one is held at a time).
     pub fn resume(&self) {
         let _ = self.resume.send(());
     }
 }
 
 fn supervise(
-    pid: libc::pid_t,
-    events: &async_mpsc::UnboundedSender<ChildEvent>,
+    events: &async_mpsc::UnboundedSender<(NonZeroU32, ChildEvent)>,
     resume: &mpsc::Receiver<()>,
 ) {
     loop {
         let mut status = 0;
-        // SAFETY: waits for our own child into a live local.
-        let waited = unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL) };
+        // SAFETY: waits for any of our tracees into a live local.
+        let waited = unsafe { libc::waitpid(-1, &raw mut status, libc::__WALL) };
         if waited < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            let _ = events.send(ChildEvent::Exited("is gone".into()));
+            // ECHILD: every tracee is gone, each reported at its exit.
             return;
         }
+        let Some(pid) = NonZeroU32::new(waited as u32) else {
+            continue;
+        };
+        let send = |event| {
+            let _ = events.send((pid, event));
+        };
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            let _ = events.send(ChildEvent::Exited(describe(status)));
-            return;
+            send(ChildEvent::Exited(describe(status)));
+            continue;
         }
         if !libc::WIFSTOPPED(status) {
             continue;
         }
         let event = status >> 16;
         let (request, signal) = if event == libc::PTRACE_EVENT_EXEC {
-            let _ = events.send(ChildEvent::Exec);
+            send(ChildEvent::Exec);
             let _ = resume.recv_timeout(MAX_HOLD);
             (libc::PTRACE_CONT, 0)
         } else if event == libc::PTRACE_EVENT_EXIT {
-            let _ = events.send(ChildEvent::Exiting);
+            send(ChildEvent::Exiting);
             let _ = resume.recv_timeout(MAX_HOLD);
             (libc::PTRACE_DETACH, 0)
-        } else if event == libc::PTRACE_EVENT_STOP {
+        } else if event == libc::PTRACE_EVENT_STOP && libc::WSTOPSIG(status) != libc::SIGTRAP {
             // A group stop (SIGSTOP and the like): stay stopped until SIGCONT.
             (libc::PTRACE_LISTEN, 0)
+        } else if event != 0 {
+            // A new child's first stop (SIGTRAP), or its parent's at the fork: go on.
+            (libc::PTRACE_CONT, 0)
         } else {
-            // A signal on its way to the child: deliver it.
+            // A signal on its way to the tracee: deliver it.
             (libc::PTRACE_CONT, libc::WSTOPSIG(status))
         };
         // SAFETY: a request on our own stopped tracee; no pointers are passed.
-        unsafe { libc::ptrace(request, pid, 0, signal as libc::c_long) };
+        unsafe { libc::ptrace(request, pid.get() as libc::pid_t, 0, signal as libc::c_long) };
     }
 }
 

@@ -5,12 +5,14 @@
 use std::{env, path::PathBuf, process::Command};
 
 /// The programs the Makefile builds.
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 9] = [
     "chat_server",
     "leaker",
     "threads",
     "early",
     "rust_leaker",
+    "rust_jemalloc",
+    "rust_mimalloc",
     "patterns",
     "wrappers",
 ];

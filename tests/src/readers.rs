@@ -1,6 +1,6 @@
 //! The real programs that read leakbpf's outputs, run by the tests as a user would:
-//! `go tool pprof`, a Prometheus server and promtool, headless Chromium; and a plain
-//! HTTP client for `--http`. `cargo xtask setup` installs them from Debian; a test that
+//! `go tool pprof`, a Prometheus server and promtool, headless Chromium; a plain HTTP
+//! client for `--http`; and the debuginfod server leakbpf reads debug files from. `cargo xtask setup` installs them from Debian; a test that
 //! needs one that is missing fails, saying what to install.
 //!
 //! Network: 127.0.0.1 only.
@@ -215,13 +215,71 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
     }
 }
 
-/// A Prometheus server on 127.0.0.1, scraping one target every second, its data in a
-/// temporary directory. Killed when dropped.
-pub struct Prometheus {
+/// A server the tests started, on 127.0.0.1, writing its log in its temporary directory.
+/// Killed when dropped.
+struct Server {
+    name: &'static str,
     child: Child,
     url: String,
     dir: TempDir,
 }
+
+impl Server {
+    /// Runs `program` with `args`, found on PATH (from Debian's `package`), in `dir`; its
+    /// address is `address`.
+    fn start(
+        name: &'static str,
+        package: &str,
+        args: &[String],
+        address: &str,
+        dir: TempDir,
+    ) -> Self {
+        let program = require_program(name, package);
+        let log = fs::File::create(dir.path().join("server.log")).expect("a log file");
+        let child = Command::new(&program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", program.display()));
+        Self {
+            name,
+            child,
+            url: format!("http://{address}"),
+            dir,
+        }
+    }
+
+    /// Polls `found` until it returns something; fails after [`READER_TIMEOUT`] with the
+    /// server's log.
+    fn wait<T>(&self, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + READER_TIMEOUT;
+        loop {
+            if let Some(value) = found() {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not get {what} within {READER_TIMEOUT:?}; its log:\n{}",
+                self.name,
+                fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus server on 127.0.0.1, scraping one target every second, its data in a
+/// temporary directory. Killed when dropped.
+pub struct Prometheus(Server);
 
 /// One series of a query's result: its labels and value.
 #[derive(Debug)]
@@ -234,7 +292,6 @@ impl Prometheus {
     /// Starts it scraping `target` (`HOST:PORT`) as job `job`, and waits until it is
     /// ready.
     pub fn start(job: &str, target: &str) -> Self {
-        let prometheus = require_program("prometheus", "prometheus");
         let dir = TempDir::new().expect("a temporary directory");
         let config = dir.path().join("prometheus.yml");
         fs::write(
@@ -246,26 +303,20 @@ impl Prometheus {
         )
         .expect("writing prometheus.yml");
         let address = format!("127.0.0.1:{}", free_port());
-        let log = fs::File::create(dir.path().join("prometheus.log")).expect("a log file");
-        let child = Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={address}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("the log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {}: {err}", prometheus.display()));
-        let server = Self {
-            child,
-            url: format!("http://{address}"),
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={address}"),
+        ];
+        let server = Self(Server::start(
+            "prometheus",
+            "prometheus",
+            &args,
+            &address,
             dir,
-        };
+        ));
         server.wait("to be ready", || {
-            let ready = ureq::get(format!("{}/-/ready", server.url)).call();
+            let ready = ureq::get(format!("{}/-/ready", server.0.url)).call();
             ready.is_ok_and(|r| r.status() == 200).then_some(())
         });
         server
@@ -273,28 +324,13 @@ impl Prometheus {
 
     /// Polls `found` until it returns something; fails after [`READER_TIMEOUT`] with
     /// Prometheus's log.
-    pub fn wait<T>(&self, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + READER_TIMEOUT;
-        loop {
-            if let Some(value) = found() {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus did not get {what} within {READER_TIMEOUT:?}; its log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    pub fn wait<T>(&self, what: &str, found: impl FnMut() -> Option<T>) -> T {
+        self.0.wait(what, found)
     }
 
     /// The instant vector of `query`, through the HTTP query API.
     pub fn query(&self, query: &str) -> Vec<Sample> {
-        let url = format!("{}/api/v1/query", self.url);
+        let url = format!("{}/api/v1/query", self.0.url);
         let mut response = client()
             .get(&url)
             .query("query", query)
@@ -319,10 +355,50 @@ impl Prometheus {
     }
 }
 
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// elfutils' debuginfod server on 127.0.0.1, serving the ELF files of a temporary
+/// directory by build id, as a distribution's server serves its packages' debug files.
+/// Killed when dropped.
+pub struct DebuginfodServer(Server);
+
+impl DebuginfodServer {
+    /// Serves a copy of `file`, and waits until it serves it as the debug file of
+    /// `build_id` (hex).
+    pub fn serving(file: &Path, build_id: &str) -> Self {
+        let dir = TempDir::new().expect("a temporary directory");
+        let served = dir.path().join("served");
+        fs::create_dir(&served).expect("a directory to serve");
+        let name = file.file_name().expect("a file name");
+        fs::copy(file, served.join(name))
+            .unwrap_or_else(|err| panic!("cannot copy {}: {err}", file.display()));
+        let port = free_port();
+        let args = [
+            "--scan-file-dir".to_owned(),
+            format!("--port={port}"),
+            format!("--database={}", dir.path().join("index.sqlite").display()),
+            served.display().to_string(),
+        ];
+        let server = Self(Server::start(
+            "debuginfod",
+            "debuginfod",
+            &args,
+            &format!("127.0.0.1:{port}"),
+            dir,
+        ));
+        let url = server.debug_file_url(build_id);
+        server.0.wait("to serve the debug file", || {
+            let served = ureq::get(&url).call();
+            served.is_ok_and(|r| r.status() == 200).then_some(())
+        });
+        server
+    }
+
+    /// What `DEBUGINFOD_URLS` names it by.
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    fn debug_file_url(&self, build_id: &str) -> String {
+        format!("{}/buildid/{build_id}/debuginfo", self.0.url)
     }
 }
 

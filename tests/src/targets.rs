@@ -25,6 +25,10 @@ pub const PATTERNS: &str = env!("LEAKBPF_TARGET_PATTERNS");
 pub const WRAPPERS: &str = env!("LEAKBPF_TARGET_WRAPPERS");
 /// src/bin/rust_leaker.rs, built with frame pointers.
 pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
+/// rust_leaker.rs on tikv-jemallocator (`_rjem_` jemalloc in the executable), and on the
+/// mimalloc crate (its `mi_*` interface in the executable): tests/targets/rust_allocators.
+pub const RUST_JEMALLOC: &str = env!("LEAKBPF_TARGET_RUST_JEMALLOC");
+pub const RUST_MIMALLOC: &str = env!("LEAKBPF_TARGET_RUST_MIMALLOC");
 /// A process tree: children, a grandchild and an exec'd child that each leak their own
 /// amount (tests/targets/forker.c).
 pub const FORKER: &str = env!("LEAKBPF_TARGET_FORKER");

@@ -1,7 +1,8 @@
 //! Stripped programs (strip --strip-all, frame pointers kept). With no debug file, a frame
 //! in the program is its module and offset, and the offset is inside the right function;
 //! with a debug file that blazesym reaches through the `.gnu_debuglink`, next to the
-//! program or by build-id under /usr/lib/debug, frames have their names and file:line.
+//! program or by build-id under /usr/lib/debug, or that a debuginfod server serves by
+//! build-id, frames have their names and file:line.
 
 use std::{
     fs::{self, OpenOptions},
@@ -11,7 +12,7 @@ use std::{
 
 use leakbpf_tests::{
     Report, STRIPPED, STRIPPED_BUILDID, STRIPPED_DEBUGLINK, STRIPPED_FULL, TargetOutput, Traced,
-    assert_allocator_run, require_root, trace_pid,
+    assert_allocator_run, readers::DebuginfodServer, require_root, trace, trace_pid,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -70,7 +71,12 @@ fn a_debug_file_next_to_a_stripped_program_names_its_frames() {
     assert!(debug_file.is_file(), "{} exists", debug_file.display());
 
     let run = trace_pid(LEAKBPF, STRIPPED_DEBUGLINK, &[], &["--top", "1000"]);
-    assert_named(run.final_report(), &run.truth, STRIPPED_DEBUGLINK);
+    assert_named(
+        run.final_report(),
+        &run.truth,
+        STRIPPED_DEBUGLINK,
+        Traced::ByPid,
+    );
 }
 
 #[test]
@@ -100,14 +106,54 @@ fn a_debug_file_found_by_build_id_names_a_stripped_programs_frames() {
     );
 
     let run = trace_pid(LEAKBPF, STRIPPED_BUILDID, &[], &["--top", "1000"]);
-    assert_named(run.final_report(), &run.truth, STRIPPED_BUILDID);
+    assert_named(
+        run.final_report(),
+        &run.truth,
+        STRIPPED_BUILDID,
+        Traced::ByPid,
+    );
+}
+
+#[test]
+fn a_stripped_programs_frames_are_named_through_debuginfod() {
+    require_root();
+    let elf = Elf::read(STRIPPED);
+    elf.assert_stripped();
+    let build_id = elf.build_id();
+    assert_eq!(build_id, Elf::read(STRIPPED_FULL).build_id());
+    let server = DebuginfodServer::serving(Path::new(STRIPPED_FULL), &build_id);
+    let cache = tempfile::tempdir().expect("a cache directory");
+    let cache_path = cache.path().to_str().expect("a UTF-8 path");
+
+    // From spawn: leakbpf's environment is the one that names the server.
+    let env = [
+        ("DEBUGINFOD_URLS", server.url()),
+        ("DEBUGINFOD_CACHE_PATH", cache_path),
+    ];
+    let run = trace(
+        LEAKBPF,
+        Traced::FromSpawn,
+        STRIPPED,
+        &[],
+        &["--top", "1000"],
+        &env,
+    );
+    assert_named(run.final_report(), &run.truth, STRIPPED, Traced::FromSpawn);
+    // Cached where every debuginfod client looks first: the server's copy of the
+    // unstripped build.
+    let cached = cache.path().join(&build_id).join("debuginfo");
+    let cached = fs::read(&cached).unwrap_or_else(|err| panic!("{}: {err}", cached.display()));
+    assert!(
+        cached == Elf::read(STRIPPED_FULL).data,
+        "the cached debug file is {STRIPPED_FULL}"
+    );
 }
 
 /// The allocator test's figures, by name, and each leaking function's frame has the file
 /// and line of its allocating call (the target prints them), is in `program`, and was
 /// called from `main`.
-fn assert_named(report: &Report, output: &TargetOutput, program: &str) {
-    assert_allocator_run(report, output, &FUNCTIONS, Traced::ByPid);
+fn assert_named(report: &Report, output: &TargetOutput, program: &str, traced: Traced) {
+    assert_allocator_run(report, output, &FUNCTIONS, traced);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets/stripped.c");
     let module = real_path(program);
     for function in FUNCTIONS {

@@ -16,8 +16,9 @@ const BUILT_IN: &[&str] = &[
     // Rust's allocation API and the raw vectors, boxes and strings built on it.
     r"^(<.* as )?alloc::",
     r"^<alloc::",
-    r"^__rust_(alloc|alloc_zeroed|realloc)$",
-    r"^__rdl_|^__rg_",
+    // The allocator shims, `__rustc::`-qualified since Rust 1.9x's mangling.
+    r"^(__rustc::)?__rust_(alloc|alloc_zeroed|realloc)$",
+    r"^(__rustc::)?(__rdl_|__rg_)",
     r"^std::alloc::",
     r"GlobalAlloc>::(alloc|alloc_zeroed|realloc)",
     r"^<(tikv_jemallocator|jemallocator|mimalloc)::",
@@ -199,6 +200,10 @@ mod tests {
             "std::_Vector_base<int, std::allocator<int> >::_M_allocate(unsigned long)",
             "my_alloc(unsigned long)",
             "__GI___strdup",
+            "__rust_alloc",
+            "__rustc::__rust_alloc_zeroed",
+            "__rustc::__rdl_alloc",
+            "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc",
         ] {
             assert!(plumbing.is_plumbing(name), "{name}");
         }

@@ -30,7 +30,7 @@ use crate::{
     output::{Output, ProcessSummary},
     serve::Latest,
     snapshot::Snapshot,
-    symbolize::{StackRequest, SymbolizerHandle},
+    symbolize::{NamedStacks, StackRequest, SymbolizerHandle},
 };
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -40,6 +40,9 @@ const SILENT_REPORTS: u64 = 3;
 
 /// Stacks sent to the symbolizer in one request.
 const SYMBOLIZE_AT_ONCE: usize = 256;
+
+/// How long a final report waits for the debug files debuginfod is still fetching.
+const DEBUGINFOD_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What the loop is told by the command line.
 pub struct LoopSettings {
@@ -441,6 +444,46 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Names the frames of process `pid` that debug files debuginfod brought since its
+    /// last report name. Its final report waits a little for the fetches under way.
+    async fn rename(&mut self, pid: NonZeroU32, is_final: bool) -> Result<()> {
+        let Some(arrived) = self.symbolizer.debug_files_arrived() else {
+            return Ok(());
+        };
+        let Some(process) = self.registry.get_mut(pid) else {
+            return Ok(());
+        };
+        if !is_final && process.debug_files_seen == arrived {
+            return Ok(());
+        }
+        let unnamed: NamedStacks = process
+            .frames
+            .iter()
+            .filter(|(_, frames)| {
+                frames
+                    .iter()
+                    .any(|frame| frame.function.is_none() && frame.build_id.is_some())
+            })
+            .map(|(&id, frames)| (id, frames.to_vec()))
+            .collect();
+        if unnamed.is_empty() {
+            process.debug_files_seen = arrived;
+            return Ok(());
+        }
+        let settle = is_final.then_some(DEBUGINFOD_PATIENCE);
+        let renamed = self.symbolizer.rename(unnamed, settle).await?;
+        let arrived = self.symbolizer.debug_files_arrived().unwrap_or(arrived);
+        let Some(process) = self.registry.get_mut(pid) else {
+            return Ok(());
+        };
+        process.debug_files_seen = arrived;
+        for (id, mut frames) in renamed {
+            self.settings.plumbing.mark(&mut frames);
+            process.frames.insert(id, Arc::from(frames));
+        }
+        Ok(())
+    }
+
     /// Writes a report on process `pid`, holding `sites`, and returns it (None when the
     /// process is not traced).
     async fn report(
@@ -460,6 +503,7 @@ impl EventLoop {
         // site, and suppressions match any site's frames. (Most were named as they came.)
         self.symbolize(pid, sites.iter().map(|s| s.stack_id).collect())
             .await?;
+        self.rename(pid, is_final).await?;
         let Some(process) = self.registry.get_mut(pid) else {
             return Ok(None);
         };

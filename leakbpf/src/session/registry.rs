@@ -13,8 +13,11 @@ pub struct Traced {
     pub history: History,
     /// Reports written about it so far.
     pub reports: u64,
-    /// Its symbolized stacks by stack id: each is symbolized once.
+    /// Its symbolized stacks by stack id: each is symbolized once, and renamed when
+    /// debuginfod brings a debug file that names more of it.
     pub frames: HashMap<u64, Arc<[Frame]>>,
+    /// How many debug files debuginfod had brought when its stacks were last renamed.
+    pub debug_files_seen: u64,
     /// A forked child that has not called exec: its memory map is a copy of its
     /// parent's, which names its stacks should it exit at once. (A child that loads a
     /// library of its own before exec is named by its parent's map all the same.)
@@ -31,6 +34,7 @@ impl Traced {
             history: History::default(),
             reports: 0,
             frames: HashMap::new(),
+            debug_files_seen: 0,
             forked_from,
             untraced_children: 0,
             facts: facts::facts(pid.get()),

@@ -4,15 +4,18 @@
 //! run; it is not `Send`, so it lives on a thread of its own, fed through a channel with
 //! whole batches of stacks.
 
-use std::{num::NonZeroU32, sync::mpsc, thread};
+use std::{num::NonZeroU32, sync::mpsc, thread, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::snapshot::hex;
 
+mod debuginfod;
 mod worker;
 
+use debuginfod::Debuginfod;
+pub use debuginfod::DebuginfodError;
 use worker::Worker;
 
 /// One frame of a symbolized stack.
@@ -42,15 +45,36 @@ pub struct Frame {
 /// A stack to symbolize: its id and return addresses, innermost first.
 pub type StackRequest = (u64, Vec<u64>);
 
-struct Request {
-    pid: NonZeroU32,
-    stacks: Vec<StackRequest>,
-    reply: oneshot::Sender<Vec<(u64, Vec<Frame>)>>,
+/// Stacks by id, as named so far.
+pub type NamedStacks = Vec<(u64, Vec<Frame>)>;
+
+enum Request {
+    Symbolize {
+        pid: NonZeroU32,
+        stacks: Vec<StackRequest>,
+        reply: oneshot::Sender<NamedStacks>,
+    },
+    /// Stacks with frames no local file named: those that debug files fetched since
+    /// name, after waiting `settle` for fetches under way.
+    Rename {
+        stacks: NamedStacks,
+        settle: Option<Duration>,
+        reply: oneshot::Sender<NamedStacks>,
+    },
 }
 
 /// The handle to the symbolizing thread.
 pub struct SymbolizerHandle {
     requests: mpsc::Sender<Request>,
+    debuginfod: Option<Debuginfod>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolizerError {
+    #[error("cannot start the symbolizer thread")]
+    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Debuginfod(#[from] DebuginfodError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,19 +82,33 @@ pub struct SymbolizerHandle {
 pub struct SymbolizerGone;
 
 impl SymbolizerHandle {
-    pub fn spawn() -> std::io::Result<Self> {
+    pub fn spawn() -> Result<Self, SymbolizerError> {
+        let debuginfod = Debuginfod::from_env()?;
         let (requests, incoming) = mpsc::channel::<Request>();
+        let fetcher = debuginfod.clone();
         thread::Builder::new()
             .name("symbolizer".into())
             .spawn(move || {
-                let worker = Worker::new();
+                let worker = Worker::new(fetcher);
                 for request in incoming {
-                    let frames = worker.symbolize(request.pid, request.stacks);
                     // The agent may have stopped waiting: nothing to do then.
-                    let _ = request.reply.send(frames);
+                    let _ = match request {
+                        Request::Symbolize { pid, stacks, reply } => {
+                            reply.send(worker.symbolize(pid, stacks))
+                        }
+                        Request::Rename {
+                            stacks,
+                            settle,
+                            reply,
+                        } => reply.send(worker.rename(stacks, settle)),
+                    };
                 }
-            })?;
-        Ok(Self { requests })
+            })
+            .map_err(SymbolizerError::Thread)?;
+        Ok(Self {
+            requests,
+            debuginfod,
+        })
     }
 
     /// Caches the memory map of process `pid` while it exists, for stacks symbolized
@@ -84,10 +122,33 @@ impl SymbolizerHandle {
         &self,
         pid: NonZeroU32,
         stacks: Vec<StackRequest>,
-    ) -> Result<Vec<(u64, Vec<Frame>)>, SymbolizerGone> {
+    ) -> Result<NamedStacks, SymbolizerGone> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request { pid, stacks, reply })
+            .send(Request::Symbolize { pid, stacks, reply })
+            .map_err(|_| SymbolizerGone)?;
+        answer.await.map_err(|_| SymbolizerGone)
+    }
+
+    /// How many debug files debuginfod has brought so far; None without debuginfod.
+    pub fn debug_files_arrived(&self) -> Option<u64> {
+        self.debuginfod.as_ref().map(Debuginfod::arrived)
+    }
+
+    /// The stacks of `stacks` that debug files fetched since they were symbolized name
+    /// better, after waiting up to `settle` for the fetches under way.
+    pub async fn rename(
+        &self,
+        stacks: NamedStacks,
+        settle: Option<Duration>,
+    ) -> Result<NamedStacks, SymbolizerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Rename {
+                stacks,
+                settle,
+                reply,
+            })
             .map_err(|_| SymbolizerGone)?;
         answer.await.map_err(|_| SymbolizerGone)
     }

@@ -1,7 +1,7 @@
 //! The symbolizing thread's work: blazesym's symbolizer and normalizer over a process's
 //! addresses, one batch at a time.
 
-use std::num::NonZeroU32;
+use std::{collections::BTreeMap, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use blazesym::{
     Pid,
@@ -9,19 +9,20 @@ use blazesym::{
     symbolize::{
         CodeInfo, Input, Symbolized, Symbolizer,
         cache::{self, Cache},
-        source::{Process, Source},
+        source::{Elf, Process, Source},
     },
 };
 
-use super::{Frame, StackRequest};
+use super::{Frame, NamedStacks, StackRequest, debuginfod::Debuginfod};
 
 pub(super) struct Worker {
     symbolizer: Symbolizer,
     normalizer: Normalizer,
+    debuginfod: Option<Debuginfod>,
 }
 
 impl Worker {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(debuginfod: Option<Debuginfod>) -> Self {
         Self {
             symbolizer: Symbolizer::builder()
                 .enable_inlined_fns(true)
@@ -29,14 +30,93 @@ impl Worker {
                 .enable_demangling(true)
                 .build(),
             normalizer: Normalizer::new(),
+            debuginfod,
         }
     }
 
-    pub(super) fn symbolize(
-        &self,
-        pid: NonZeroU32,
-        stacks: Vec<StackRequest>,
-    ) -> Vec<(u64, Vec<Frame>)> {
+    /// Of `stacks`, those with frames that the debug files fetched since name; each
+    /// with all its frames.
+    pub(super) fn rename(&self, stacks: NamedStacks, settle: Option<Duration>) -> NamedStacks {
+        if let (Some(debuginfod), Some(limit)) = (&self.debuginfod, settle) {
+            debuginfod.settle(limit);
+        }
+        stacks
+            .into_iter()
+            .filter_map(|(id, mut frames)| {
+                self.name_from_debug_files(&mut frames)
+                    .then_some((id, frames))
+            })
+            .collect()
+    }
+
+    /// Names the frames that no local file named from the debug files debuginfod has
+    /// brought, and asks for those of the others. Returns whether a frame got a name.
+    fn name_from_debug_files(&self, frames: &mut Vec<Frame>) -> bool {
+        let Some(debuginfod) = &self.debuginfod else {
+            return false;
+        };
+        // By debug file: the indexes of its unnamed frames.
+        let mut unnamed: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
+        for (index, frame) in frames.iter().enumerate() {
+            if frame.function.is_some() || frame.offset.is_none() {
+                continue;
+            }
+            if let Some(file) = frame
+                .build_id
+                .as_deref()
+                .and_then(|id| debuginfod.debug_file(id))
+            {
+                unnamed.entry(file).or_default().push(index);
+            }
+        }
+        let mut named: BTreeMap<usize, Vec<Frame>> = BTreeMap::new();
+        for (file, indexes) in unnamed {
+            let offsets: Vec<u64> = indexes
+                .iter()
+                .filter_map(|&index| frames[index].offset)
+                .collect();
+            let source = Source::Elf(Elf::new(&file));
+            let symbolized = match self
+                .symbolizer
+                .symbolize(&source, Input::FileOffset(&offsets))
+            {
+                Ok(symbolized) => symbolized,
+                Err(err) => {
+                    log::debug!("cannot symbolize with {}: {err}", file.display());
+                    continue;
+                }
+            };
+            for (&index, symbolized) in indexes.iter().zip(symbolized) {
+                let Some(symbol) = Symbol::of(symbolized) else {
+                    continue;
+                };
+                let frame = &frames[index];
+                let location = frame
+                    .module
+                    .clone()
+                    .zip(frame.offset)
+                    .map(|(module, offset)| Location {
+                        module,
+                        offset,
+                        build_id: frame.build_id.clone(),
+                    });
+                named.insert(index, frames_at(frame.address, Some(symbol), location));
+            }
+        }
+        if named.is_empty() {
+            return false;
+        }
+        let old = std::mem::take(frames);
+        for (index, frame) in old.into_iter().enumerate() {
+            match named.remove(&index) {
+                Some(expanded) => frames.extend(expanded),
+                None => frames.push(frame),
+            }
+        }
+        true
+    }
+
+    pub(super) fn symbolize(&self, pid: NonZeroU32, stacks: Vec<StackRequest>) -> NamedStacks {
         // Refresh the cached memory map while the process is alive (it may have loaded
         // libraries since), so stacks asked for after it exited still resolve. A failure
         // leaves the previous cache in place.
@@ -54,11 +134,12 @@ impl Worker {
         stacks
             .into_iter()
             .map(|(id, addresses)| {
-                let frames = addresses
+                let mut frames = addresses
                     .iter()
                     .zip(next.by_ref())
                     .flat_map(|(&address, (symbol, location))| frames_at(address, symbol, location))
                     .collect();
+                self.name_from_debug_files(&mut frames);
                 (id, frames)
             })
             .collect()

@@ -2,9 +2,9 @@
 //! `leak_boxes` leaks boxes, `leak_vec` leaks one vector's buffer, and `churn` makes about
 //! a million allocations that are all freed.
 //!
-//! `rust_leaker [--wait]`. Protocol: with `--wait`, print `ready` and wait for a line on
-//! stdin; work; print one truth line per leaking function and `done`; with `--wait`,
-//! wait for EOF on stdin. The truth is counted from what the functions allocated.
+//! `rust_leaker [--rounds N] [--wait]` (N churn rounds, 250,000 by default). Protocol:
+//! with `--wait`, print `ready` and wait for a line on stdin; work; print one truth line
+//! per leaking function and `done`; with `--wait`, wait for EOF on stdin. The truth is counted from what the functions allocated.
 
 use std::{
     hint::black_box,
@@ -66,15 +66,20 @@ fn churn(rounds: usize) -> usize {
     dropped
 }
 
-fn main() -> ExitCode {
-    let wait = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("--wait") => true,
-        Some(_) => {
-            eprintln!("usage: rust_leaker [--wait]");
-            return ExitCode::from(2);
+pub fn main() -> ExitCode {
+    let mut wait = false;
+    let mut rounds = 250_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--wait" => wait = true,
+            "--rounds" if let Some(Ok(n)) = args.next().map(|n| n.parse()) => rounds = n,
+            _ => {
+                eprintln!("usage: rust_leaker [--rounds N] [--wait]");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
     let stdin = io::stdin();
     let mut stdout = io::stdout().lock();
     if wait {
@@ -89,7 +94,7 @@ fn main() -> ExitCode {
     }
 
     let truths = [leak_boxes(BOXES), leak_vec()];
-    let dropped = churn(250_000);
+    let dropped = churn(rounds);
 
     for truth in truths {
         writeln!(

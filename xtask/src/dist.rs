@@ -36,7 +36,10 @@ pub fn dist(root: &Path) -> Result<()> {
     devutil::run(
         cargo(root)
             .args(["build", "--locked", "-p", PACKAGE])
-            .args(["--profile", PROFILE, "--target", target]),
+            .args(["--profile", PROFILE, "--target", target])
+            // ring (rustls's cryptography, for https debuginfod servers) has C and
+            // assembly, compiled for musl by Debian's musl-tools.
+            .env(toolchain::MUSL_CC_VARIABLE, toolchain::MUSL_CC),
     )?;
     let built = target_dir(root).join(target).join(PROFILE).join(PACKAGE);
 

@@ -26,7 +26,8 @@ use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 /// (which the dist test asks whether the static build is static), and the real readers
 /// of leakbpf's outputs that the output tests run: `go tool pprof` (golang-go), a
 /// Prometheus server and promtool (prometheus), headless Chromium for the flame graph;
-/// a debuginfod server (debuginfod) serving a stripped target's debug file.
+/// a debuginfod server (debuginfod) serving a stripped target's debug file; musl's C
+/// compiler (musl-tools) for the C in `cargo xtask dist`'s static build.
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -40,6 +41,7 @@ const BASE_PACKAGES: &[&str] = &[
     "prometheus",
     "chromium",
     "debuginfod",
+    "musl-tools",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
 const BASE_COMMANDS: &[&str] = &[
@@ -52,6 +54,7 @@ const BASE_COMMANDS: &[&str] = &[
     "promtool",
     "chromium",
     "debuginfod",
+    "musl-gcc",
 ];
 /// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[
@@ -108,6 +111,9 @@ pub fn ensure_base_packages() -> Result<()> {
 
 /// The target of `cargo xtask dist`'s static build, and of the static Rust test program.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The C compiler for that target (musl-tools), and the variable that tells cc-rs so.
+pub const MUSL_CC: &str = "musl-gcc";
+pub const MUSL_CC_VARIABLE: &str = "CC_x86_64_unknown_linux_musl";
 /// cargo-deb, which `cargo xtask dist` packages the static build with.
 const CARGO_DEB_VERSION: &str = "^3";
 

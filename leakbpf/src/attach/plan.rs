@@ -84,6 +84,16 @@ const OWN_INTERFACES: [(&str, Probed); 27] = [
     ("tc_deletearray", Probed::Free),
 ];
 
+/// How many leading arguments the entry program reads for `kind` (the eBPF side's
+/// `read_call`): the registers its probe must still find as they were at entry.
+fn arguments_read(kind: AllocKind) -> usize {
+    match kind {
+        AllocKind::Malloc => 1,
+        AllocKind::Calloc | AllocKind::Realloc | AllocKind::AlignedAlloc => 2,
+        AllocKind::ReallocArray | AllocKind::PosixMemalign => 3,
+    }
+}
+
 /// The C++ allocation operators, by mangled name.
 const CXX_FUNCTIONS: [(&str, Probed); 20] = [
     ("_Znwm", Probed::New),
@@ -217,7 +227,8 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
             }
             let role = match probed {
                 Probed::Free | Probed::Delete => Role::Free,
-                Probed::Alloc(_) | Probed::New => Role::Entry,
+                Probed::Alloc(kind) => Role::Entry(arguments_read(*kind)),
+                Probed::New => Role::Entry(1),
             };
             let offset = placement::probe_offset(&function.prologue, role);
             let wrapper_calls = match probed {

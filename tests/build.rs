@@ -5,8 +5,9 @@
 use std::{env, path::PathBuf, process::Command};
 
 /// The programs the Makefile builds.
-const TARGETS: [&str; 9] = [
+const TARGETS: [&str; 10] = [
     "chat_server",
+    "containers_growth",
     "leaker",
     "threads",
     "early",

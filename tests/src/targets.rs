@@ -23,6 +23,8 @@ pub const PATTERNS: &str = env!("LEAKBPF_TARGET_PATTERNS");
 /// Leaks through a wrapper of its own, `app_xalloc`, from two callers
 /// (tests/targets/wrappers.c).
 pub const WRAPPERS: &str = env!("LEAKBPF_TARGET_WRAPPERS");
+/// Leaks through std::vector and std::map growth (tests/targets/containers_growth.cpp).
+pub const CONTAINERS_GROWTH: &str = env!("LEAKBPF_TARGET_CONTAINERS_GROWTH");
 /// src/bin/rust_leaker.rs, built with frame pointers.
 pub const RUST_LEAKER: &str = env!("LEAKBPF_TARGET_RUST_LEAKER");
 /// rust_leaker.rs on tikv-jemallocator (`_rjem_` jemalloc in the executable), and on the

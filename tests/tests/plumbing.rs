@@ -1,8 +1,11 @@
 //! Allocation plumbing folded: a call site is shown at the first frame outside it, and
 //! stacks that differ only inside it are one site. Rust's is checked in rust_leaker.rs;
-//! here a program's own wrapper, named by `--alloc-fn`, and the same run without it.
+//! here a program's own wrapper, named by `--alloc-fn`, and the same run without it; and
+//! C++ containers that grow through libstdc++'s templates, with no flag.
 
-use leakbpf_tests::{Report, WRAPPERS, require_root, sum, trace_pid};
+use leakbpf_tests::{
+    CONTAINERS_GROWTH, Report, Traced, WRAPPERS, require_root, sum, trace, trace_pid,
+};
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -60,4 +63,45 @@ fn without_alloc_fn_the_wrapper_is_the_site() {
         .sites_where(|site| site.site() == Some("app_xalloc"))
         .count();
     assert_eq!(sites, 2, "{}", report.describe());
+}
+
+#[test]
+fn cxx_container_growth_is_reported_at_the_function_that_grew_it() {
+    require_root();
+    for traced in [Traced::ByPid, Traced::FromSpawn] {
+        let run = trace(
+            LEAKBPF,
+            traced,
+            CONTAINERS_GROWTH,
+            &[],
+            &["--top", "1000"],
+            &[],
+        );
+        let report = run.final_report();
+        for (function, container) in [("leak_records", "std::vector"), ("leak_index", "std::map")] {
+            let truth = run.truth.truth(function);
+            let name = format!("{function}(unsigned long)");
+            assert_eq!(
+                at_site(report, &name),
+                (truth.bytes, truth.count),
+                "{traced:?}: the {container} and its object at {function}:\n{}",
+                report.describe()
+            );
+            // Every frame above the site is the allocator's or the library's.
+            for site in report.sites_where(|site| site.site() == Some(name.as_str())) {
+                let folded = &site.frames[..site.site_frame];
+                assert!(
+                    folded.iter().all(|frame| frame.allocator),
+                    "{traced:?}: {:?}",
+                    site.frames
+                );
+            }
+        }
+        assert_eq!(
+            at_site(report, "churn(unsigned long)"),
+            (0, 0),
+            "{}",
+            report.describe()
+        );
+    }
 }

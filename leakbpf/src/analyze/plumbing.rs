@@ -51,10 +51,19 @@ pub struct PatternError {
     source: regex::Error,
 }
 
+/// The rest of the standard libraries between the allocator and the program, by the
+/// function's qualified name: a container's growth (`std::vector<…>::_M_realloc_insert`,
+/// `std::map<…>::operator[]`, Rust's `<std::io::BufReader<…>>::with_capacity`) is the
+/// program's allocation where it called the container. (A template function's demangled
+/// name starts with its return type: `std::string app::render<int>(int)` is the
+/// program's.)
+const STANDARD_LIBRARIES: &str = r"^<?(std|__gnu_cxx)::";
+
 /// What counts as allocation plumbing in this run.
 #[derive(Debug)]
 pub struct Plumbing {
     built_in: RegexSet,
+    standard_libraries: Regex,
     /// `--alloc-fn` globs, matched against the whole name and the name without its
     /// parameters.
     own: Vec<Regex>,
@@ -90,12 +99,21 @@ impl Plumbing {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { built_in, own })
+        let standard_libraries = Regex::new(STANDARD_LIBRARIES).map_err(|source| PatternError {
+            pattern: "built in".to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            built_in,
+            standard_libraries,
+            own,
+        })
     }
 
     fn is_plumbing(&self, function: &str) -> bool {
         let bare = function.split_once('(').map_or(function, |(name, _)| name);
         self.built_in.is_match(function)
+            || self.standard_libraries.is_match(qualified_name(function))
             || self
                 .own
                 .iter()
@@ -116,6 +134,24 @@ impl Plumbing {
             frame.allocator = true;
         }
     }
+}
+
+/// A demangled function's qualified name: without its parameters, and without the
+/// return type a template function's name starts with (the last space outside brackets
+/// before the parameters ends it).
+fn qualified_name(function: &str) -> &str {
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (index, character) in function.char_indices() {
+        match character {
+            '<' | '[' => depth += 1,
+            '>' | ']' => depth = depth.saturating_sub(1),
+            '(' if depth == 0 => return &function[start..index],
+            ' ' if depth == 0 => start = index + 1,
+            _ => {}
+        }
+    }
+    &function[start..]
 }
 
 /// The index of the frame a call site is shown at: its first outside the plumbing (the
@@ -204,11 +240,15 @@ mod tests {
             "__rustc::__rust_alloc_zeroed",
             "__rustc::__rdl_alloc",
             "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc",
+            "void std::vector<int, std::allocator<int> >::_M_realloc_insert<int const&>(__gnu_cxx::__normal_iterator<int*, std::vector<int, std::allocator<int> > >, int const&)",
+            "std::map<int, int, std::less<int>, std::allocator<std::pair<int const, int> > >::operator[](int const&)",
+            "<std::io::buffered::bufreader::buffer::Buffer>::with_capacity",
         ] {
             assert!(plumbing.is_plumbing(name), "{name}");
         }
         for name in [
             "main",
+            "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> > app::render<int>(int)",
             "g_hash_table_insert",
             "my_alloc_table",
             "EventManager::subscribe",

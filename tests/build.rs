@@ -39,10 +39,22 @@ const STRIPPED_TARGETS: [&str; 4] = [
 /// and a library broken in ways only a symbolizer notices (its copies are next to it, in
 /// broken_elf.libs).
 const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
-/// rust_leaker built for musl, statically: only when rustc has that target's standard
-/// library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL` is empty, and the test that
-/// needs it fails saying what to install.
-const MUSL_TARGET: &str = "rust_leaker_musl";
+/// The same programs as distributions build them: without frame pointers.
+const NOFP_TARGETS: [&str; 9] = [
+    "leaker_nofp",
+    "threads_nofp",
+    "forker_nofp",
+    "big_leaker_nofp",
+    "chat_server_nofp",
+    "rust_leaker_nofp",
+    "static_glibc_nofp",
+    "jemalloc_linked_nofp",
+    "tcmalloc_new_nofp",
+];
+/// rust_leaker built for musl, statically, with and without frame pointers: only when
+/// rustc has that target's standard library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL`
+/// (and `_NOFP`) are empty, and the tests that need them fail saying what to install.
+const MUSL_TARGETS: [&str; 2] = ["rust_leaker_musl", "rust_leaker_musl_nofp"];
 const MUSL_TRIPLE: &str = "x86_64-unknown-linux-musl";
 
 fn main() {
@@ -61,7 +73,8 @@ fn main() {
         .chain(&ALLOC_TARGETS)
         .chain(&HOSTILE_TARGETS)
         .chain(&STRIPPED_TARGETS)
-        .chain(musl.then_some(&MUSL_TARGET))
+        .chain(&NOFP_TARGETS)
+        .chain(MUSL_TARGETS.iter().filter(|_| musl))
         .copied()
         .collect();
 
@@ -83,10 +96,9 @@ fn main() {
         );
     }
     if !musl {
-        println!(
-            "cargo:rustc-env=LEAKBPF_TARGET_{}=",
-            MUSL_TARGET.to_uppercase()
-        );
+        for name in MUSL_TARGETS {
+            println!("cargo:rustc-env=LEAKBPF_TARGET_{}=", name.to_uppercase());
+        }
     }
     for name in targets {
         let path = out.join(name);

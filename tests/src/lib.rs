@@ -23,8 +23,8 @@ pub use crate::{
     kernel::{KernelObjects, find_program, require_root},
     process::{Agent, Finished, Target},
     report::{
-        Callsite, Counters, Frame, Report, Totals, check_reports, final_report_of, parse_reports,
-        reports_of, sum,
+        Callsite, Counters, Frame, Report, Totals, assert_chain, assert_chains_to_main,
+        check_reports, final_report_of, parse_reports, reports_of, short_name, sum,
     },
     run::{Run, Session, Traced, trace, trace_pid, trace_spawn},
     targets::*,

@@ -65,3 +65,18 @@ pub const STRIPPED_FULL: &str = env!("LEAKBPF_TARGET_STRIPPED_FULL");
 /// src/bin/rust_leaker.rs built for x86_64-unknown-linux-musl, statically; empty when
 /// rustc has no standard library for that target (see build.rs).
 pub const RUST_LEAKER_MUSL: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL");
+
+/// The same programs as distributions build them, without frame pointers (-O2
+/// -fomit-frame-pointer, sibling calls optimised; Rust without force-frame-pointers):
+/// leakbpf walks their stacks with the unwind tables it builds.
+pub const LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_LEAKER_NOFP");
+pub const THREADS_NOFP: &str = env!("LEAKBPF_TARGET_THREADS_NOFP");
+pub const FORKER_NOFP: &str = env!("LEAKBPF_TARGET_FORKER_NOFP");
+pub const BIG_LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_BIG_LEAKER_NOFP");
+pub const CHAT_SERVER_NOFP: &str = env!("LEAKBPF_TARGET_CHAT_SERVER_NOFP");
+pub const RUST_LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_NOFP");
+pub const STATIC_GLIBC_NOFP: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC_NOFP");
+pub const JEMALLOC_LINKED_NOFP: &str = env!("LEAKBPF_TARGET_JEMALLOC_LINKED_NOFP");
+pub const TCMALLOC_NEW_NOFP: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW_NOFP");
+/// rust_leaker_musl without frame pointers; empty as [`RUST_LEAKER_MUSL`] is.
+pub const RUST_LEAKER_MUSL_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL_NOFP");

@@ -12,6 +12,11 @@
 //!   agent has read its memory map, and after exit the map is gone: the agent
 //!   symbolizes what is pending, then the child goes on exiting.
 //!
+//! - A SIGSTOP on its way to it: the eBPF side stops its main thread with one at the
+//!   dynamic linker's notice that it mapped objects, until the agent has read its new
+//!   mappings; the agent says whether the signal was its own (dropped) or not
+//!   (delivered).
+//!
 //! Every other stop (signals, group stops) is passed straight on.
 
 use std::{io, num::NonZeroU32, sync::mpsc, thread, time::Duration};
@@ -29,12 +34,24 @@ pub enum ChildEvent {
     Exiting,
     /// Gone, with how it ended.
     Exited(String),
+    /// Stopped with a SIGSTOP on its way, until the agent calls [`TracedChild::resume`]
+    /// (the signal was the agent's own) or [`TracedChild::deliver`].
+    Stopped,
+}
+
+/// What the agent tells a held child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Go on, without the signal it is stopped with, if any.
+    Continue,
+    /// Go on, with the signal.
+    Deliver,
 }
 
 pub struct TracedChild {
     pid: NonZeroU32,
     events: async_mpsc::UnboundedReceiver<ChildEvent>,
-    resume: mpsc::Sender<()>,
+    resume: mpsc::Sender<Resume>,
 }
 
 /// How long a child is held at most, should the agent not answer.
@@ -88,17 +105,23 @@ impl TracedChild {
         self.events.recv().await
     }
 
-    /// Lets a child held at [`ChildEvent::Exec`] run, or one held at
-    /// [`ChildEvent::Exiting`] finish exiting.
+    /// Lets a child held at [`ChildEvent::Exec`] run, one held at
+    /// [`ChildEvent::Exiting`] finish exiting, one held at [`ChildEvent::Stopped`] go on
+    /// without the signal.
     pub fn resume(&self) {
-        let _ = self.resume.send(());
+        let _ = self.resume.send(Resume::Continue);
+    }
+
+    /// Lets a child held at [`ChildEvent::Stopped`] have its signal.
+    pub fn deliver(&self) {
+        let _ = self.resume.send(Resume::Deliver);
     }
 }
 
 fn supervise(
     pid: libc::pid_t,
     events: &async_mpsc::UnboundedSender<ChildEvent>,
-    resume: &mpsc::Receiver<()>,
+    resume: &mpsc::Receiver<Resume>,
 ) {
     loop {
         let mut status = 0;
@@ -130,6 +153,15 @@ fn supervise(
         } else if event == libc::PTRACE_EVENT_STOP {
             // A group stop (SIGSTOP and the like): stay stopped until SIGCONT.
             (libc::PTRACE_LISTEN, 0)
+        } else if libc::WSTOPSIG(status) == libc::SIGSTOP {
+            let _ = events.send(ChildEvent::Stopped);
+            // Unanswered, it goes on: a lost SIGSTOP costs less than a target left
+            // stopped by the agent.
+            let signal = match resume.recv_timeout(MAX_HOLD) {
+                Ok(Resume::Deliver) => libc::SIGSTOP,
+                _ => 0,
+            };
+            (libc::PTRACE_CONT, signal)
         } else {
             // A signal on its way to the child: deliver it.
             (libc::PTRACE_CONT, libc::WSTOPSIG(status))

@@ -40,8 +40,12 @@ fn provenance() {
         Some(hash) => {
             let branch = git(&["symbolic-ref", "--quiet", "HEAD"]);
             for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
-                if let Some(path) = git(&["rev-parse", "--git-path", name]) {
-                    println!("cargo:rerun-if-changed={path}");
+                // A path that does not exist would rerun this on every build.
+                match git(&["rev-parse", "--git-path", name]) {
+                    Some(path) if Path::new(&path).exists() => {
+                        println!("cargo:rerun-if-changed={path}");
+                    }
+                    _ => {}
                 }
             }
             let changes = git(&["status", "--porcelain", "--untracked-files=no", "--"]

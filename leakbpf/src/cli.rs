@@ -51,7 +51,7 @@ Examples:
   sudo leakbpf --all --top-processes 5         every process, the 5 holding most
   sudo leakbpf -p 1234 --http 9100             serve /metrics, /debug/pprof/heap,
                                                /flamegraph.svg, /report.json on 127.0.0.1
-  sudo leakbpf -p 1234 -f pprof -o 'heap-{n}.pb.gz'   a pprof heap profile per report
+  sudo leakbpf -p 1234 -f pprof -o 'heap-{report}.pb.gz'   a pprof profile per report
   leakbpf report leaks.ndjson                  a saved run, as a table
   leakbpf report -f svg leaks.ndjson > heap.svg      its final report as a flame graph";
 
@@ -109,11 +109,11 @@ pub struct ReportArgs {
     /// The saved run; `-` for standard input.
     pub file: PathBuf,
     /// How the reports are written. pprof, folded and svg write one document: the final
-    /// report of each process, or one file per report with {n} in --output.
+    /// report of each process, or one file per report with {report} in --output.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Write to this file instead of standard output; {n} (the report's number) and
-    /// {pid} in its name make a file per report or process: heap-{n}.pb.gz.
+    /// Write to this file instead of standard output; {report} (the report's number)
+    /// and {pid} in its name make a file per report or process: heap-{report}.pb.gz.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Only the reports about this process.
@@ -187,12 +187,12 @@ pub struct TraceArgs {
     pub count: Option<NonZeroU64>,
     /// How reports are written. table and json write every report; pprof (binary, never
     /// to a terminal), folded and svg are whole documents: only the final report, unless
-    /// --output names a file per report with {n}.
+    /// --output names a file per report with {report}.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Write reports to this file instead of standard output (appended to; a document
-    /// format replaces it). {n} (the report's number) and {pid} in the name make one file
-    /// per report or per process: 'heap-{n}.pb.gz', 'heap-{pid}-{n}.svg'.
+    /// format replaces it). {report} (the report's number) and {pid} in the name make one
+    /// file per report or per process: 'heap-{report}.pb.gz', 'heap-{pid}-{report}.svg'.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Permissions of a new --output file, in octal.

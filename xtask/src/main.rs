@@ -78,9 +78,7 @@ fn try_main() -> Result<ExitCode> {
         Task::CheckEbpf => ebpf::check(&root)?,
         Task::Demo => return Ok(ExitCode::from(demo::demo(&root)?)),
         Task::Run { args } => return Ok(ExitCode::from(demo::run(&root, &args)?)),
-        Task::Dist => {
-            dist::dist(&root)?;
-        }
+        Task::Dist => dist::dist(&root)?,
         Task::Test => test::run(&root)?,
         Task::Bench { args } => return Ok(ExitCode::from(bench::run(&root, &args)?)),
     }

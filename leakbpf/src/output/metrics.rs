@@ -85,6 +85,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "dropped_calls",
         "Allocation calls missed: too many threads inside an allocator at once",
     ),
+    (
+        "probe_errors",
+        "Failures of the eBPF programs in the process (non-zero is a bug)",
+    ),
+    (
+        "lost_events",
+        "Events the eBPF side could not send: its ring buffer was full",
+    ),
 ];
 
 fn gauge_family<L>(

@@ -4,7 +4,8 @@
 //!
 //! Two kinds of formats: streams (the table, JSON lines), where each report is appended
 //! to what came before, and documents (pprof, folded stacks, SVG), where a report is a
-//! whole file of its own. A document is written once per report with `{n}` in the file
+//! whole file of its own. A document is written once per report with `{report}` (or its
+//! short form `{n}`) in the file
 //! name, else once, at the end: the final report of each process.
 
 mod diff;
@@ -125,24 +126,25 @@ pub enum OutputError {
     BinaryToTerminal(&'static str),
     #[error(
         "--output {0}: with several processes, a file per report needs {{pid}} in its name \
-         too (e.g. heap-{{pid}}-{{n}}.pb.gz)"
+         too (e.g. heap-{{pid}}-{{report}}.pb.gz)"
     )]
     TemplateWithoutPid(String),
 }
 
-/// `--output` with `{n}` (the report's number) or `{pid}` in the file name.
+/// `--output` with `{report}` (the report's number; `{n}` for short) or `{pid}` in the
+/// file name. (`--help` cannot show `{n}`: clap turns it into a line break.)
 struct Template {
     text: String,
     per_report: bool,
 }
 
 impl Template {
-    const REPORT: &str = "{n}";
+    const REPORT: [&str; 2] = ["{report}", "{n}"];
     const PID: &str = "{pid}";
 
     fn parse(path: &Path) -> Option<Self> {
         let text = path.to_str()?;
-        let per_report = text.contains(Self::REPORT);
+        let per_report = Self::REPORT.iter().any(|report| text.contains(report));
         (per_report || text.contains(Self::PID)).then(|| Self {
             text: text.to_owned(),
             per_report,
@@ -150,11 +152,11 @@ impl Template {
     }
 
     fn path(&self, snapshot: &Snapshot) -> PathBuf {
-        PathBuf::from(
-            self.text
-                .replace(Self::REPORT, &snapshot.report.to_string())
-                .replace(Self::PID, &snapshot.pid.to_string()),
-        )
+        let number = snapshot.report.to_string();
+        let text = Self::REPORT.iter().fold(self.text.clone(), |text, report| {
+            text.replace(report, &number)
+        });
+        PathBuf::from(text.replace(Self::PID, &snapshot.pid.to_string()))
     }
 }
 
@@ -181,7 +183,7 @@ pub struct Output {
 
 impl Output {
     /// Reports in `format` to `path` (a file created with `mode` if new, or a template
-    /// with `{n}` or `{pid}`), or to stdout. `several`: the run may report on more than
+    /// with `{report}` or `{pid}`), or to stdout. `several`: the run may report on more than
     /// one process. Allocation plumbing frames are shown with `all_frames`.
     pub fn open(
         format: Format,
@@ -268,7 +270,7 @@ impl Output {
         Ok(())
     }
 
-    /// At the end: a document format without `{n}` writes its one document, of the
+    /// At the end: a document format without `{report}` writes its one document, of the
     /// final report of each process (of each one's latest if none was final).
     pub fn finish(&mut self) -> Result<(), OutputError> {
         if !self.format.is_document() || self.latest.is_empty() {
@@ -332,7 +334,7 @@ mod tests {
     #[test]
     fn a_template_writes_a_file_per_report_and_process() {
         let dir = tempfile::tempdir().unwrap();
-        let template = dir.path().join("heap-{pid}-{n}.ndjson");
+        let template = dir.path().join("heap-{pid}-{report}.ndjson");
         let mut output = Output::open(Format::Json, Some(&template), 0o600, true, false).unwrap();
         for (pid, report) in [(7, 1), (8, 1), (7, 2)] {
             output.write(&snapshot(pid, report, false)).unwrap();

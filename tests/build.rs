@@ -39,8 +39,9 @@ const STRIPPED_TARGETS: [&str; 4] = [
 /// and a library broken in ways only a symbolizer notices (its copies are next to it, in
 /// broken_elf.libs).
 const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
-/// The same programs as distributions build them: without frame pointers.
-const NOFP_TARGETS: [&str; 9] = [
+/// The same programs as distributions build them: without frame pointers; and a chain of
+/// functions built only that way.
+const NOFP_TARGETS: [&str; 10] = [
     "leaker_nofp",
     "threads_nofp",
     "forker_nofp",
@@ -50,6 +51,7 @@ const NOFP_TARGETS: [&str; 9] = [
     "static_glibc_nofp",
     "jemalloc_linked_nofp",
     "tcmalloc_new_nofp",
+    "call_chain",
 ];
 /// rust_leaker built for musl, statically, with and without frame pointers: only when
 /// rustc has that target's standard library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL`

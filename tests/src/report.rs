@@ -262,7 +262,8 @@ pub fn assert_chains_to_main(report: &Report, functions: &[&str]) {
     }
 }
 
-fn strip_rust_hash(name: &str) -> &str {
+/// A Rust function's name without its legacy-mangling hash (`::h0123456789abcdef`).
+pub fn strip_rust_hash(name: &str) -> &str {
     match name.rsplit_once("::h") {
         Some((path, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
             path

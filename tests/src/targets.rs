@@ -78,5 +78,9 @@ pub const RUST_LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_NOFP");
 pub const STATIC_GLIBC_NOFP: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC_NOFP");
 pub const JEMALLOC_LINKED_NOFP: &str = env!("LEAKBPF_TARGET_JEMALLOC_LINKED_NOFP");
 pub const TCMALLOC_NEW_NOFP: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW_NOFP");
+/// Leaks one record per request at make_record, called through store_record,
+/// handle_request (its frame addressed from rbp) and serve by main; built only without
+/// frame pointers (tests/targets/call_chain.c).
+pub const CALL_CHAIN: &str = env!("LEAKBPF_TARGET_CALL_CHAIN");
 /// rust_leaker_musl without frame pointers; empty as [`RUST_LEAKER_MUSL`] is.
 pub const RUST_LEAKER_MUSL_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL_NOFP");

@@ -50,7 +50,7 @@ pub struct Table {
 #[derive(Debug)]
 pub enum Built {
     Table(Table),
-    /// It has none: neither `.eh_frame` nor `.debug_frame`.
+    /// It has none: no entry in `.eh_frame` or `.debug_frame`.
     Missing,
     /// It has some that does not parse.
     Corrupt(gimli::Error),
@@ -130,19 +130,28 @@ pub fn build(data: &[u8], wrappers: &[Range<u64>]) -> Result<Built, NotElf> {
         Some(found) => Some(found),
         None => eh_frame_of_segments(data)?,
     };
-    let rows = if let Some((address, data)) = eh_frame {
-        let bases = bases.set_eh_frame(address);
+    let from_eh_frame = eh_frame.map(|(address, data)| {
+        let bases = bases.clone().set_eh_frame(address);
         rows_of(&EhFrame::new(data, LittleEndian), &bases)
-    } else if let Some((_, data)) = section(".debug_frame") {
+    });
+    // Code built without unwind tables may still have debuggers' call frame information
+    // (gcc -g -fno-asynchronous-unwind-tables): an `.eh_frame` with no entry (only the
+    // terminator crtend adds) is none.
+    let rows = match from_eh_frame {
+        Some(Ok(rows)) if rows.is_empty() => None,
+        rows => rows,
+    }
+    .or_else(|| {
+        let (_, data) = section(".debug_frame")?;
         let mut debug_frame = DebugFrame::new(data, LittleEndian);
         debug_frame.set_address_size(8);
-        rows_of(&debug_frame, &bases)
-    } else {
-        return Ok(Built::Missing);
-    };
+        Some(rows_of(&debug_frame, &bases))
+    });
     match rows {
-        Ok(rows) => Ok(Built::Table(assemble(rows, wrappers))),
-        Err(err) => Ok(Built::Corrupt(err)),
+        Some(Ok(rows)) if rows.is_empty() => Ok(Built::Missing),
+        Some(Ok(rows)) => Ok(Built::Table(assemble(rows, wrappers))),
+        Some(Err(err)) => Ok(Built::Corrupt(err)),
+        None => Ok(Built::Missing),
     }
 }
 

@@ -39,6 +39,9 @@ const STRIPPED_TARGETS: [&str; 4] = [
 /// and a library broken in ways only a symbolizer notices (its copies are next to it, in
 /// broken_elf.libs).
 const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
+/// Code mapped after attach: a program that loads a library with dlopen and leaks
+/// through it (libdlopened.so, next to it).
+const DLOPEN_TARGETS: [&str; 1] = ["dlopen_leaker"];
 /// The same programs as distributions build them: without frame pointers; and a chain of
 /// functions built only that way.
 const NOFP_TARGETS: [&str; 10] = [
@@ -74,6 +77,7 @@ fn main() {
         .chain(&LIFE_TARGETS)
         .chain(&ALLOC_TARGETS)
         .chain(&HOSTILE_TARGETS)
+        .chain(&DLOPEN_TARGETS)
         .chain(&STRIPPED_TARGETS)
         .chain(&NOFP_TARGETS)
         .chain(MUSL_TARGETS.iter().filter(|_| musl))

@@ -84,3 +84,7 @@ pub const TCMALLOC_NEW_NOFP: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW_NOFP");
 pub const CALL_CHAIN: &str = env!("LEAKBPF_TARGET_CALL_CHAIN");
 /// rust_leaker_musl without frame pointers; empty as [`RUST_LEAKER_MUSL`] is.
 pub const RUST_LEAKER_MUSL_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL_NOFP");
+/// Loads libdlopened.so (next to it) with dlopen once told to go, leaks through it at
+/// once (`leak_at_once`), then again 1.5 s later (`leak_later`)
+/// (tests/targets/dlopen_leaker.c).
+pub const DLOPEN_LEAKER: &str = env!("LEAKBPF_TARGET_DLOPEN_LEAKER");

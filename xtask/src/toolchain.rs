@@ -25,7 +25,8 @@ use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 /// allocators the allocator tests' targets link (jemalloc, tcmalloc, mimalloc), `file`
 /// (which the dist test asks whether the static build is static), and the real readers
 /// of leakbpf's outputs that the output tests run: `go tool pprof` (golang-go), a
-/// Prometheus server and promtool (prometheus), headless Chromium for the flame graph.
+/// Prometheus server and promtool (prometheus), headless Chromium for the flame graph;
+/// valgrind, whose stacks the unwinding tests compare with leakbpf's.
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -38,6 +39,7 @@ const BASE_PACKAGES: &[&str] = &[
     "golang-go",
     "prometheus",
     "chromium",
+    "valgrind",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
 const BASE_COMMANDS: &[&str] = &[
@@ -49,6 +51,7 @@ const BASE_COMMANDS: &[&str] = &[
     "prometheus",
     "promtool",
     "chromium",
+    "valgrind",
 ];
 /// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[

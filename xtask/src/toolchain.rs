@@ -26,7 +26,9 @@ use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 /// (which the dist test asks whether the static build is static), and the real readers
 /// of leakbpf's outputs that the output tests run: `go tool pprof` (golang-go), a
 /// Prometheus server and promtool (prometheus), headless Chromium for the flame graph;
-/// valgrind, whose stacks the unwinding tests compare with leakbpf's.
+/// valgrind, whose stacks the unwinding tests compare with leakbpf's, and the real
+/// Debian programs they trace (perl, python3.11: built without frame pointers, their
+/// allocations through wrappers).
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -40,6 +42,8 @@ const BASE_PACKAGES: &[&str] = &[
     "prometheus",
     "chromium",
     "valgrind",
+    "perl",
+    "python3.11",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
 const BASE_COMMANDS: &[&str] = &[
@@ -52,6 +56,8 @@ const BASE_COMMANDS: &[&str] = &[
     "promtool",
     "chromium",
     "valgrind",
+    "perl",
+    "python3.11",
 ];
 /// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[

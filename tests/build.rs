@@ -42,10 +42,27 @@ const STRIPPED_TARGETS: [&str; 4] = [
 /// and a library broken in ways only a symbolizer notices (its copies are next to it, in
 /// broken_elf.libs).
 const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
-/// rust_leaker built for musl, statically: only when rustc has that target's standard
-/// library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL` is empty, and the test that
-/// needs it fails saying what to install.
-const MUSL_TARGET: &str = "rust_leaker_musl";
+/// Code mapped after attach: a program that loads a library with dlopen and leaks
+/// through it (libdlopened.so, next to it).
+const DLOPEN_TARGETS: [&str; 1] = ["dlopen_leaker"];
+/// The same programs as distributions build them: without frame pointers; and a chain of
+/// functions built only that way.
+const NOFP_TARGETS: [&str; 10] = [
+    "leaker_nofp",
+    "threads_nofp",
+    "forker_nofp",
+    "big_leaker_nofp",
+    "chat_server_nofp",
+    "rust_leaker_nofp",
+    "static_glibc_nofp",
+    "jemalloc_linked_nofp",
+    "tcmalloc_new_nofp",
+    "call_chain",
+];
+/// rust_leaker built for musl, statically, with and without frame pointers: only when
+/// rustc has that target's standard library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL`
+/// (and `_NOFP`) are empty, and the tests that need them fail saying what to install.
+const MUSL_TARGETS: [&str; 2] = ["rust_leaker_musl", "rust_leaker_musl_nofp"];
 const MUSL_TRIPLE: &str = "x86_64-unknown-linux-musl";
 
 fn main() {
@@ -63,8 +80,10 @@ fn main() {
         .chain(&LIFE_TARGETS)
         .chain(&ALLOC_TARGETS)
         .chain(&HOSTILE_TARGETS)
+        .chain(&DLOPEN_TARGETS)
         .chain(&STRIPPED_TARGETS)
-        .chain(musl.then_some(&MUSL_TARGET))
+        .chain(&NOFP_TARGETS)
+        .chain(MUSL_TARGETS.iter().filter(|_| musl))
         .copied()
         .collect();
 
@@ -86,10 +105,9 @@ fn main() {
         );
     }
     if !musl {
-        println!(
-            "cargo:rustc-env=LEAKBPF_TARGET_{}=",
-            MUSL_TARGET.to_uppercase()
-        );
+        for name in MUSL_TARGETS {
+            println!("cargo:rustc-env=LEAKBPF_TARGET_{}=", name.to_uppercase());
+        }
     }
     for name in targets {
         let path = out.join(name);

@@ -47,10 +47,23 @@ pub fn release_binary(root: &Path, name: &str) -> PathBuf {
     target_dir(root).join("release").join(name)
 }
 
+/// How a test target is compiled (tests/targets/Makefile has both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// With frame pointers, no sibling-call optimisation.
+    FramePointers,
+    /// As distributions build: -O2, no frame pointers.
+    Distribution,
+}
+
 /// Builds the demo chat server (tests/targets/chat_server.cpp, with the test targets'
 /// Makefile) into target/demo; returns its path.
-pub fn build_chat_server(root: &Path) -> Result<PathBuf> {
+pub fn build_chat_server(root: &Path, build: Build) -> Result<PathBuf> {
     header("build the demo chat server");
+    let name = match build {
+        Build::FramePointers => "chat_server",
+        Build::Distribution => "chat_server_nofp",
+    };
     let out = target_dir(root).join("demo");
     let mut out_arg = OsString::from("OUT=");
     out_arg.push(&out);
@@ -58,8 +71,8 @@ pub fn build_chat_server(root: &Path) -> Result<PathBuf> {
         .arg("-C")
         .arg(root.join("tests/targets"))
         .arg(out_arg)
-        .arg("chat_server"))?;
-    Ok(out.join("chat_server"))
+        .arg(name))?;
+    Ok(out.join(name))
 }
 
 /// Prints a step header.

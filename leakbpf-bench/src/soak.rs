@@ -134,7 +134,7 @@ impl Drop for Traced {
 
 /// Runs the soak of `agent`; fails when a check fails.
 pub fn run(root: &Path, agent: &Path, minutes: u64) -> Result<()> {
-    let server = devutil::build_chat_server(root)?;
+    let server = devutil::build_chat_server(root, devutil::Build::FramePointers)?;
     let out = devutil::target_dir(root).join("bench");
     let dir = out.join("soak");
     if dir.exists() {

@@ -26,9 +26,17 @@ pub mod program_names {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// `sched/sched_process_exit`: a thread exited.
     pub const PROCESS_EXIT: &str = "process_exit";
+    /// The dynamic linker's notice that it mapped or unmapped objects (`_dl_debug_state`).
+    pub const LOADER_NOTICE: &str = "loader_notice";
 
     /// The entry uprobes.
-    pub const UPROBES: [&str; 4] = [ALLOC_ENTER, FREE_ENTER, DELETE_ENTER, FLOOR_ENTER];
+    pub const UPROBES: [&str; 5] = [
+        ALLOC_ENTER,
+        FREE_ENTER,
+        DELETE_ENTER,
+        FLOOR_ENTER,
+        LOADER_NOTICE,
+    ];
     /// The return uprobes.
     pub const URETPROBES: [&str; 2] = [ALLOC_EXIT, FLOOR_EXIT];
     /// The tracepoint programs.
@@ -58,12 +66,31 @@ pub mod map_names {
     /// Allocation calls in flight of threads whose id is beyond CALL_SLOTS: tid →
     /// [`Pending`](crate::Pending).
     pub const OTHER_CALLS: &str = "OTHER_CALLS";
-    /// Calls made by frameless allocation wrappers (`operator new`), recognised by the
-    /// code around their return address (two little-endian words) → the size of the
-    /// wrapper's frame there, which the stack walk steps over.
-    pub const WRAPPER_CALLS: &str = "WRAPPER_CALLS";
-    /// Per-CPU cache of return addresses found to be wrapper calls, or not.
-    pub const WRAPPER_CACHE: &str = "WRAPPER_CACHE";
+    /// The rows of every unwind table, one array shared by all the files the agent has
+    /// read (each file's rows contiguous, sorted by address): [`UnwindRow`](crate::UnwindRow).
+    /// Memory-mapped by the agent, which writes rows in place.
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// The distinct rules the rows refer to: [`UnwindRule`](crate::UnwindRule), by index.
+    /// Memory-mapped by the agent.
+    pub const UNWIND_RULES: &str = "UNWIND_RULES";
+    /// Each traced process's executable mappings: tgid →
+    /// [`ProcessMappings`](crate::ProcessMappings).
+    pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+    /// One `u32` that changes whenever a process's mappings change in a way that could
+    /// make a cached rule wrong (an exec, a mapping gone): the stack walk's per-CPU cache
+    /// of rules by address trusts entries of the current generation only.
+    pub const UNWIND_GENERATION: &str = "UNWIND_GENERATION";
+    /// What a process the agent has not described yet starts with in UNWIND_PROCESSES
+    /// (no mappings, a miss reported): one [`ProcessMappings`](crate::ProcessMappings).
+    pub const NO_MAPPINGS: &str = "NO_MAPPINGS";
+    /// Per-CPU cache of the rules found by address.
+    pub const RULE_CACHE: &str = "RULE_CACHE";
+    /// Per-CPU state of the stack walk between its steps (one per frame).
+    pub const WALK: &str = "WALK";
+    /// Threads held at the dynamic linker's notice that it mapped objects, until the
+    /// agent has read their process's new mappings: tid → 1 (see
+    /// [`global_names::HELD_TGID`](crate::global_names::HELD_TGID)).
+    pub const LOADER_HOLDS: &str = "LOADER_HOLDS";
     /// What the agent switches on after load, an array of `u32` indexed by
     /// [`Setting`](crate::Setting): non-zero is on.
     pub const SETTINGS: &str = "SETTINGS";
@@ -83,7 +110,7 @@ pub mod map_names {
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map the eBPF object declares.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 23] = [
         ALLOCS,
         STACKS,
         CLOCK,
@@ -92,8 +119,14 @@ pub mod map_names {
         TRACED_PIDS,
         CALL_SLOTS,
         OTHER_CALLS,
-        WRAPPER_CALLS,
-        WRAPPER_CACHE,
+        UNWIND_ROWS,
+        UNWIND_RULES,
+        UNWIND_PROCESSES,
+        UNWIND_GENERATION,
+        NO_MAPPINGS,
+        RULE_CACHE,
+        WALK,
+        LOADER_HOLDS,
         SETTINGS,
         LAST_RELEASED,
         STACK_SCRATCH,
@@ -123,6 +156,15 @@ pub mod global_names {
     /// Where `sched/sched_process_exit`'s record has `group_dead` (`u32`), or
     /// [`NO_FIELD`](crate::NO_FIELD) on a kernel without it.
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    /// Frames walked at most per stack (`u32`, `--max-depth`), at most
+    /// [`MAX_STACK_DEPTH`](crate::MAX_STACK_DEPTH).
+    pub const STACK_DEPTH: &str = "STACK_DEPTH";
+    /// The command leakbpf started and holds with ptrace (`u32`, 0 for none): when its
+    /// main thread reaches the dynamic linker's notice that objects were mapped, the
+    /// program stops it with SIGSTOP (recorded in LOADER_HOLDS), which only the agent,
+    /// its tracer, sees; the agent reads the new mappings and lets it go on, so every
+    /// object's table is in place before its code runs.
+    pub const HELD_TGID: &str = "HELD_TGID";
 }
 
 /// [`global_names::TARGET_TGID`] when every process is traced (`--all`).
@@ -138,8 +180,16 @@ pub const CLOCK_TICK_MS: u64 = 10;
 /// is kept in a hash, which costs more per allocation.
 pub const MAX_CALL_SLOTS: u32 = 1 << 17;
 
-/// Deepest user stack the eBPF side walks, in frames.
-pub const MAX_STACK_DEPTH: usize = 64;
+/// Deepest user stack the eBPF side can walk, in frames (the bound of its loop, and the
+/// size of a stored stack: 1 KiB with its depth).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Frames walked unless `--max-depth` says otherwise.
+pub const DEFAULT_STACK_DEPTH: u32 = 64;
+
+/// Executable mappings of one process the stack walk knows of (a process mapping more
+/// is walked through the first ones only, by address).
+pub const MAX_MAPPINGS: usize = 254;
 
 /// Stack id used when no frame could be read at all.
 pub const NO_STACK: u64 = 0;
@@ -212,10 +262,15 @@ pub enum Counter {
     ProbeErrors = 7,
     /// Events that could not be sent on the EVENTS ring buffer (it was full).
     LostEvents = 8,
+    /// Stacks cut short because unwinding failed: no unwind row for an address, memory
+    /// that could not be read, an address outside every known mapping (a mapping whose
+    /// table is not ready yet, or garbage), a uretprobe's trampoline. The frames kept
+    /// are right; the ones beyond the cut are missing.
+    TruncatedStacks = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Indices into the SETTINGS array: what the agent switches on once it attaches the probes
@@ -223,16 +278,14 @@ impl Counter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setting {
-    /// WRAPPER_CALLS has entries: the stack walk looks its callers up there.
-    WrappersKnown = 0,
     /// An allocator's own `operator delete` is probed, which may call the probed `free`
     /// for the block it just released: a free of an unknown block then looks at the
     /// thread's last delete.
-    DeleteProbed = 1,
+    DeleteProbed = 0,
 }
 
 impl Setting {
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 1;
 }
 
 /// Key of an outstanding allocation.
@@ -283,6 +336,14 @@ pub enum EventKind {
     /// A traced process created process `tgid` (`value`: the parent's tgid), which is not
     /// traced (no `--follow-forks`).
     Spawned = 4,
+    /// A stack of traced process `tgid` reached an address outside every mapping the
+    /// walk knows of it (`value`: the address): it mapped code since the agent last read
+    /// its mappings, or the agent never did. Sent once until the agent writes them anew.
+    UnwindMiss = 5,
+    /// The dynamic linker of traced process `tgid` says it mapped or unmapped objects
+    /// (`value`: the calling thread; held when it is the started command's, see
+    /// [`global_names::HELD_TGID`](crate::global_names::HELD_TGID)).
+    LoaderNotice = 6,
 }
 
 impl EventKind {
@@ -293,6 +354,8 @@ impl EventKind {
             2 => Some(EventKind::Exec),
             3 => Some(EventKind::Exit),
             4 => Some(EventKind::Spawned),
+            5 => Some(EventKind::UnwindMiss),
+            6 => Some(EventKind::LoaderNotice),
             _ => None,
         }
     }
@@ -331,28 +394,159 @@ pub struct Pending {
     pub pad: u32,
 }
 
-/// The frame of a frameless allocation wrapper at one of its calls, for the stack walk
-/// to step over: where the wrapper's own return address is, and its caller's frame
-/// pointer when the wrapper saved it to use the register for something else.
+/// How to find the caller's frame from a frame at some address: the canonical frame
+/// address (CFA, the stack pointer before the call that made the frame; the return
+/// address is the word below it), and where the caller's frame pointer is.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WrapperFrame {
-    /// From the slot of the call's return address to the slot of the wrapper's.
-    pub size: u64,
-    /// From the slot of the wrapper's return address to the saved frame pointer; 0 when
-    /// the wrapper leaves the frame pointer alone (that slot is never 0: it is the
-    /// return address's own).
-    pub saved_fp: i64,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnwindRule {
+    /// What [`kind`](Self::kind) computes the CFA from, plus or after this.
+    pub cfa_offset: i32,
+    /// Where the caller's rbp was saved, from the CFA; [`RBP_UNCHANGED`] or
+    /// [`RBP_LOST`].
+    pub rbp_offset: i16,
+    /// A [`CfaKind`] as `u8`.
+    pub kind: u8,
+    /// [`RULE_SKIP`] or 0.
+    pub flags: u8,
 }
 
-/// The attach cookie of an entry probe: which [`AllocKind`] the probed function is.
-pub const fn cookie_for(kind: AllocKind) -> u64 {
-    kind as u64
+/// [`UnwindRule::rbp_offset`] of a frame that leaves rbp as its caller had it.
+pub const RBP_UNCHANGED: i16 = 0;
+/// [`UnwindRule::rbp_offset`] of a frame after which the caller's rbp is not known.
+pub const RBP_LOST: i16 = i16::MIN;
+/// [`UnwindRule::flags`]: the frame is an allocation wrapper's (libstdc++'s `operator
+/// new`, which calls `malloc`): while it would be the stack's first, it is left out, so
+/// the stack starts at the function that asked for memory.
+pub const RULE_SKIP: u8 = 1;
+
+/// How an [`UnwindRule`] finds the CFA.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CfaKind {
+    /// No unwind information covers the address: the stack ends here, normally if the
+    /// frame pointer is 0 (the ABI's mark of the outermost frame), else cut.
+    Invalid = 0,
+    /// CFA = rsp + offset.
+    Rsp = 1,
+    /// CFA = rbp + offset.
+    Rbp = 2,
+    /// CFA = the word at rbp + offset (functions that realign their stack).
+    RbpDeref = 3,
+    /// A PLT stub: CFA = rsp + 8, plus 8 once the address's low four bits reach the
+    /// offset (past the stub's `push`).
+    Plt = 4,
+    /// A signal frame (`__restore_rt`): the interrupted registers are in the
+    /// `sigcontext` at rsp + offset.
+    Signal = 5,
+    /// The return address is undefined: the outermost frame (`_start`, a thread's start).
+    Outermost = 6,
+    /// An object without a table (JIT code): CFA = rbp + 16, the caller's rbp at rbp; the
+    /// chain ends at rbp 0.
+    FramePointer = 7,
+}
+
+impl CfaKind {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(CfaKind::Invalid),
+            1 => Some(CfaKind::Rsp),
+            2 => Some(CfaKind::Rbp),
+            3 => Some(CfaKind::RbpDeref),
+            4 => Some(CfaKind::Plt),
+            5 => Some(CfaKind::Signal),
+            6 => Some(CfaKind::Outermost),
+            7 => Some(CfaKind::FramePointer),
+            _ => None,
+        }
+    }
+}
+
+/// One row of an unwind table: from `pc` (the address in the file, less the table's
+/// base, see [`Mapping::base`]) up to the next row's, frames unwind by rule `rule`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u32,
+    /// Index into UNWIND_RULES.
+    pub rule: u32,
+}
+
+/// [`Mapping::first_row`] of the page of uprobe trampolines (`[uprobes]`): a return
+/// address there was replaced by a pending uretprobe, and the real one is not on the
+/// stack. The walk keeps it as the last frame, which names it.
+pub const TRAMPOLINE_MAPPING: u32 = u32::MAX;
+
+/// One executable mapping of a process, as the stack walk needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Mapping {
+    /// Its addresses: `start..end`.
+    pub start: u64,
+    pub end: u64,
+    /// The address that row address 0 of its table is mapped at.
+    pub base: u64,
+    /// Its table: rows `first_row..first_row + rows` of UNWIND_ROWS. No rows: the
+    /// object has no table, its frames are walked by frame pointer; or
+    /// [`TRAMPOLINE_MAPPING`].
+    pub first_row: u32,
+    pub rows: u32,
+}
+
+/// What the stack walk knows of one process's code: its executable mappings, by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessMappings {
+    /// Entries of `mappings` in use, sorted by `start`, none overlapping.
+    pub count: u32,
+    /// Set by the walk when it sent [`EventKind::UnwindMiss`]; the agent's next write
+    /// clears it.
+    pub miss_reported: u32,
+    pub mappings: [Mapping; MAX_MAPPINGS],
+}
+
+/// The attach cookie of an entry probe: which [`AllocKind`] the probed function is (bits
+/// 0-7), and the unwind rule of the probed instruction (`first_frame`), which the stack
+/// walk starts with: its kind (bits 8-15, 0 for none), CFA offset (16-31), rbp offset
+/// (32-47) and flags (48-55). A rule whose CFA offset does not fit is left out.
+pub const fn cookie_for(kind: AllocKind, first_frame: Option<UnwindRule>) -> u64 {
+    let rule = match first_frame {
+        Some(rule) if rule.cfa_offset >= 0 && rule.cfa_offset <= u16::MAX as i32 => {
+            (rule.kind as u64) << 8
+                | (rule.cfa_offset as u64) << 16
+                | (rule.rbp_offset as u16 as u64) << 32
+                | (rule.flags as u64) << 48
+        }
+        _ => 0,
+    };
+    kind as u64 | rule
+}
+
+/// The [`AllocKind`] in an entry probe's cookie.
+pub const fn cookie_kind(cookie: u64) -> Option<AllocKind> {
+    AllocKind::from_u32((cookie & 0xff) as u32)
+}
+
+/// The probed instruction's unwind rule in an entry probe's cookie, if it has one.
+pub const fn cookie_rule(cookie: u64) -> Option<UnwindRule> {
+    let kind = (cookie >> 8) as u8;
+    if kind == CfaKind::Invalid as u8 {
+        return None;
+    }
+    Some(UnwindRule {
+        cfa_offset: (cookie >> 16) as u16 as i32,
+        rbp_offset: (cookie >> 32) as u16 as i16,
+        kind,
+        flags: (cookie >> 48) as u8,
+    })
 }
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, AllocKey, Event, Pending, StackTrace, WrapperFrame};
+    use super::{
+        AllocInfo, AllocKey, Event, Mapping, Pending, ProcessMappings, StackTrace, UnwindRow,
+        UnwindRule,
+    };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers only, with explicit
     // padding fields, so every bit pattern is valid and no byte is uninitialised.
@@ -366,7 +560,13 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for WrapperFrame {}
+    unsafe impl aya::Pod for UnwindRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Mapping {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ProcessMappings {}
 
     impl StackTrace {
         /// The captured return addresses, innermost first.
@@ -391,16 +591,59 @@ mod tests {
         assert_eq!(size_of::<AllocInfo>(), 24);
         assert_eq!(size_of::<Pending>(), 40);
         assert_eq!(size_of::<Event>(), 16);
-        assert_eq!(size_of::<WrapperFrame>(), 16);
+        assert_eq!(size_of::<UnwindRule>(), 8);
+        assert_eq!(size_of::<UnwindRow>(), 8);
+        assert_eq!(size_of::<Mapping>(), 32);
+        // With the hash map's element header (48 bytes) and key, 8 KiB.
+        assert_eq!(size_of::<ProcessMappings>(), 8 + 32 * MAX_MAPPINGS);
         assert_eq!(size_of::<StackTrace>(), 8 * (MAX_STACK_DEPTH + 1));
     }
 
     #[test]
-    fn alloc_kind_round_trips_through_cookie() {
+    fn alloc_kind_and_first_rule_round_trip_through_cookie() {
+        let rules = [
+            None,
+            Some(UnwindRule {
+                cfa_offset: 8,
+                rbp_offset: RBP_UNCHANGED,
+                kind: CfaKind::Rsp as u8,
+                flags: 0,
+            }),
+            Some(UnwindRule {
+                cfa_offset: 0xfff8,
+                rbp_offset: -48,
+                kind: CfaKind::Rbp as u8,
+                flags: RULE_SKIP,
+            }),
+            Some(UnwindRule {
+                cfa_offset: 16,
+                rbp_offset: RBP_LOST,
+                kind: CfaKind::Rsp as u8,
+                flags: 0,
+            }),
+        ];
         for kind in AllocKind::ALL {
-            let cookie = cookie_for(kind);
-            assert_eq!(AllocKind::from_u32(cookie as u32), Some(kind));
+            for rule in rules {
+                let cookie = cookie_for(kind, rule);
+                assert_eq!(cookie_kind(cookie), Some(kind));
+                assert_eq!(cookie_rule(cookie), rule);
+            }
         }
         assert_eq!(AllocKind::from_u32(99), None);
+    }
+
+    #[test]
+    fn a_first_rule_that_does_not_fit_is_left_out() {
+        for cfa_offset in [-8, 0x1_0000] {
+            let rule = UnwindRule {
+                cfa_offset,
+                rbp_offset: RBP_UNCHANGED,
+                kind: CfaKind::Rsp as u8,
+                flags: 0,
+            };
+            let cookie = cookie_for(AllocKind::Calloc, Some(rule));
+            assert_eq!(cookie_kind(cookie), Some(AllocKind::Calloc));
+            assert_eq!(cookie_rule(cookie), None);
+        }
     }
 }

@@ -14,10 +14,12 @@
 mod calls;
 mod counters;
 mod events;
+mod loader;
 mod processes;
 mod record;
 mod stack;
 mod target;
+mod unwind;
 
 use aya_ebpf::{
     macros::{tracepoint, uprobe, uretprobe},
@@ -65,6 +67,13 @@ pub fn floor_enter(_ctx: ProbeContext) -> u32 {
 /// An empty return program, attached by `--floor` wherever `alloc_exit` would go.
 #[uretprobe]
 pub fn floor_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+/// The dynamic linker's notice that it mapped or unmapped objects (`_dl_debug_state`).
+#[uprobe]
+pub fn loader_notice(_ctx: ProbeContext) -> u32 {
+    count_failure(loader::notice());
     0
 }
 

@@ -10,6 +10,7 @@ use crate::{
     events,
     record::CLOCK,
     target::{TRACED_PIDS, current_task, follows_forks, global, is_traced, target},
+    unwind,
 };
 
 /// `clone(2)`'s flag for a thread of the same process.
@@ -58,6 +59,8 @@ pub(crate) fn fork(ctx: &TracePointContext) -> Result<(), ProbeError> {
     TRACED_PIDS
         .insert(&child, &1, 0)
         .map_err(|_| ProbeError(parent.tgid))?;
+    // Its memory is a copy of its parent's: so is what the stack walk knows of it.
+    unwind::inherit(parent.tgid, child);
     events::emit(EventKind::Fork, child, u64::from(parent.tgid), parent.tgid);
     Ok(())
 }
@@ -78,6 +81,8 @@ pub(crate) fn exec() -> Result<(), ProbeError> {
         // SAFETY: one u64 of an array map, valid for the program's run.
         unsafe { *clock = now };
     }
+    // Its old mappings are gone; the agent describes the new ones.
+    unwind::forget(task.tgid);
     events::emit(EventKind::Exec, task.tgid, now, task.tgid);
     clock.map(|_| ())
 }
@@ -102,6 +107,7 @@ pub(crate) fn exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
     }
     // Missing unless several processes are traced.
     let _ = TRACED_PIDS.remove(&task.tgid);
+    unwind::forget(task.tgid);
     events::emit(EventKind::Exit, task.tgid, 0, task.tgid);
     Ok(())
 }

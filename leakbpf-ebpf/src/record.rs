@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
-use leakbpf_common::{AllocInfo, AllocKey, AllocKind, Counter, Pending, Setting};
+use leakbpf_common::{AllocInfo, AllocKey, AllocKind, Counter, Pending, Setting, cookie_kind};
 
 use crate::{
     calls,
@@ -53,10 +53,19 @@ static LAST_RELEASED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_TH
 fn read_call(ctx: &ProbeContext) -> Option<(AllocKind, Option<u64>, u64)> {
     // SAFETY: the helper only reads the program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let kind = AllocKind::from_u32(cookie as u32)?;
-    // All three at once: reads chosen per kind may be merged by the compiler into one
-    // read at a computed offset of the context, which the verifier refuses.
-    let args = [ctx.arg::<u64>(0)?, ctx.arg::<u64>(1)?, ctx.arg::<u64>(2)?];
+    let kind = cookie_kind(cookie)?;
+    // All three at once, each a volatile read of its register: reads chosen per kind may
+    // be merged by the compiler into one read at a computed offset of the context, which
+    // the verifier refuses.
+    // SAFETY: the probe's own registers, valid for the program's run.
+    let args = unsafe {
+        let regs = ctx.regs;
+        [
+            core::ptr::read_volatile(&(*regs).rdi),
+            core::ptr::read_volatile(&(*regs).rsi),
+            core::ptr::read_volatile(&(*regs).rdx),
+        ]
+    };
     let (size, arg_ptr) = match kind {
         AllocKind::Malloc => (Some(args[0]), 0),
         AllocKind::Calloc => (product(args[0], args[1]), 0),

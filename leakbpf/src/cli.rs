@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use leakbpf_common::{DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH};
 
 use crate::{
     analyze::{Plumbing, Sort, Suppressions, diff},
@@ -209,6 +210,13 @@ pub struct TraceArgs {
     /// call sites without frames.
     #[arg(long, default_value = "65536")]
     pub max_stacks: NonZeroU32,
+    /// Frames of each stack walked at most, from the allocator's caller up (at most 127).
+    #[arg(long, default_value_t = DEFAULT_STACK_DEPTH, value_parser = clap::value_parser!(u32).range(1..=MAX_STACK_DEPTH as i64))]
+    pub max_depth: u32,
+    /// Rows of unwind tables the kernel holds, for every object the traced processes map
+    /// (8 bytes each); an object whose table does not fit is walked up to its frames.
+    #[arg(long, default_value = "4194304")]
+    pub max_unwind_rows: NonZeroU32,
     /// Also probe the C allocation functions under this prefix, for an allocator built
     /// with prefixed names (`je_` for `je_malloc`, `je_free`, …).
     #[arg(long, value_name = "PREFIX")]
@@ -292,7 +300,9 @@ impl TraceArgs {
             capacity: Capacity {
                 allocations: self.max_allocs.get(),
                 stacks: self.max_stacks.get(),
+                unwind_rows: self.max_unwind_rows.get(),
             },
+            stack_depth: self.max_depth,
             verbose: self.verbose,
             floor: self.floor,
             symbol_prefix: self.symbol_prefix,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{kernel::Counters, symbolize::Frame};
 
 /// Bumped on any change a consumer of the JSON lines would notice.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {

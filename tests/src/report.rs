@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Deserializer};
 
 /// The schema this mirror reads.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Clone, Debug, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -105,6 +105,7 @@ pub struct Counters {
     pub dropped_calls: u64,
     pub probe_errors: u64,
     pub lost_events: u64,
+    pub truncated_stacks: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -173,9 +174,96 @@ impl Callsite {
     pub fn site(&self) -> Option<&str> {
         self.function(self.site_frame)
     }
+
+    /// Its functions, innermost first (inlined ones too), by [`short_name`], up to and
+    /// with the first called `last` (`main`); None when no frame is, or one before it is
+    /// unnamed.
+    pub fn chain_to(&self, last: &str) -> Option<Vec<&str>> {
+        let mut chain = Vec::new();
+        for frame in &self.frames {
+            let name = short_name(frame.name()?);
+            chain.push(name);
+            if name == last {
+                return Some(chain);
+            }
+        }
+        None
+    }
+
+    /// Its functions from the first called `first` up to and with the next called `last`,
+    /// by [`short_name`], as [`Callsite::chain_to`].
+    pub fn chain_between(&self, first: &str, last: &str) -> Option<Vec<&str>> {
+        let chain = self.chain_to(last)?;
+        let start = chain.iter().position(|&name| name == first)?;
+        Some(chain[start..].to_vec())
+    }
+
+    /// Every frame's name, innermost first, for failure messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.frames
+            .iter()
+            .map(|frame| frame.name().unwrap_or("?"))
+            .collect()
+    }
 }
 
-fn strip_rust_hash(name: &str) -> &str {
+/// A function's name without its parameters (`EventManager::subscribe` for
+/// `EventManager::subscribe(std::function<void (Message const&)>)`), nor a clone's
+/// suffix (`.constprop.0`).
+pub fn short_name(name: &str) -> &str {
+    let mut depth = 0i32;
+    for (index, byte) in name.bytes().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            b'>' => depth -= 1,
+            // `operator()` keeps its own parentheses.
+            b'(' if depth == 0 && !name[..index].ends_with("operator") => {
+                return &name[..index];
+            }
+            _ => {}
+        }
+    }
+    [".constprop.", ".isra.", ".part.", ".cold"]
+        .iter()
+        .find_map(|suffix| name.split_once(suffix))
+        .map_or(name, |(name, _)| name)
+}
+
+/// Checks that every call site whose first frame is `function` names `expected` from
+/// `frames[0]` up to its last entry (`main`, or a thread's start), in that order, each
+/// by its [`short_name`].
+pub fn assert_chain(report: &Report, function: &str, expected: &[&str]) {
+    let last = expected.last().expect("a chain has a last function");
+    let sites: Vec<&Callsite> = report
+        .sites_where(|site| site.function(0).map(short_name) == Some(function))
+        .collect();
+    assert!(
+        !sites.is_empty(),
+        "no call site at {function}:\n{}",
+        report.describe()
+    );
+    for site in sites {
+        assert_eq!(
+            site.chain_to(last).as_deref(),
+            Some(expected),
+            "the callers of {function} up to {last} ({} B in {}): {:?}\n{}",
+            site.bytes,
+            site.allocations,
+            site.names(),
+            report.describe()
+        );
+    }
+}
+
+/// [`assert_chain`] for each of `functions`, called by `main`.
+pub fn assert_chains_to_main(report: &Report, functions: &[&str]) {
+    for function in functions {
+        assert_chain(report, function, &[function, "main"]);
+    }
+}
+
+/// A Rust function's name without its legacy-mangling hash (`::h0123456789abcdef`).
+pub fn strip_rust_hash(name: &str) -> &str {
     match name.rsplit_once("::h") {
         Some((path, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
             path
@@ -396,6 +484,7 @@ mod tests {
                 dropped_calls: 10,
                 probe_errors: 23,
                 lost_events: 24,
+                truncated_stacks: 25,
             },
             suppressed: vec![agent::Suppressed {
                 pattern: "^known$".to_owned(),

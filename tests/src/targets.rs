@@ -71,3 +71,26 @@ pub const STRIPPED_FULL: &str = env!("LEAKBPF_TARGET_STRIPPED_FULL");
 /// src/bin/rust_leaker.rs built for x86_64-unknown-linux-musl, statically; empty when
 /// rustc has no standard library for that target (see build.rs).
 pub const RUST_LEAKER_MUSL: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL");
+
+/// The same programs as distributions build them, without frame pointers (-O2
+/// -fomit-frame-pointer, sibling calls optimised; Rust without force-frame-pointers):
+/// leakbpf walks their stacks with the unwind tables it builds.
+pub const LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_LEAKER_NOFP");
+pub const THREADS_NOFP: &str = env!("LEAKBPF_TARGET_THREADS_NOFP");
+pub const FORKER_NOFP: &str = env!("LEAKBPF_TARGET_FORKER_NOFP");
+pub const BIG_LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_BIG_LEAKER_NOFP");
+pub const CHAT_SERVER_NOFP: &str = env!("LEAKBPF_TARGET_CHAT_SERVER_NOFP");
+pub const RUST_LEAKER_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_NOFP");
+pub const STATIC_GLIBC_NOFP: &str = env!("LEAKBPF_TARGET_STATIC_GLIBC_NOFP");
+pub const JEMALLOC_LINKED_NOFP: &str = env!("LEAKBPF_TARGET_JEMALLOC_LINKED_NOFP");
+pub const TCMALLOC_NEW_NOFP: &str = env!("LEAKBPF_TARGET_TCMALLOC_NEW_NOFP");
+/// Leaks one record per request at make_record, called through store_record,
+/// handle_request (its frame addressed from rbp) and serve by main; built only without
+/// frame pointers (tests/targets/call_chain.c).
+pub const CALL_CHAIN: &str = env!("LEAKBPF_TARGET_CALL_CHAIN");
+/// rust_leaker_musl without frame pointers; empty as [`RUST_LEAKER_MUSL`] is.
+pub const RUST_LEAKER_MUSL_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL_NOFP");
+/// Loads libdlopened.so (next to it) with dlopen once told to go, leaks through it at
+/// once (`leak_at_once`), then again 1.5 s later (`leak_later`)
+/// (tests/targets/dlopen_leaker.c).
+pub const DLOPEN_LEAKER: &str = env!("LEAKBPF_TARGET_DLOPEN_LEAKER");

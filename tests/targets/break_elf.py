@@ -17,6 +17,8 @@ HOW is one of:
   section_headers_cut       the file ends halfway through the section header table
   section_names_garbage     every sh_name points far outside the section name table
   no_section_name_table     e_shstrndx names a section that does not exist
+  eh_frame_garbage          .eh_frame overwritten with garbage: the call frame information
+                            unwinders read (the dynamic linker never does)
 """
 import struct
 import sys
@@ -71,6 +73,8 @@ def main():
         pass
     elif how.endswith("_garbage") and how.startswith("debug_"):
         garbage(data, "." + how[: -len("_garbage")])
+    elif how == "eh_frame_garbage":
+        garbage(data, ".eh_frame")
     elif how == "debug_info_truncated":
         header, _, size = section(data, ".debug_info")
         struct.pack_into("<Q", data, header + SH_SIZE, size // 4)

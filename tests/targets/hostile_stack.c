@@ -1,8 +1,9 @@
 /*
  * hostile_stack: calls malloc with the frame pointer the way code without frame pointers
  * may leave it: garbage, a frame that points at itself, and a fake chain longer than any
- * walk. leakbpf must still name the direct caller (read from the stack pointer), stop
- * every walk, and keep exact figures.
+ * walk, from inline assembly the unwind tables know nothing of. leakbpf must still name
+ * the direct caller (the allocator's own frame is right), report none of the made-up
+ * frames, stop every walk, and keep exact figures.
  *
  *   hostile_stack [--wait] [--rounds N]
  *

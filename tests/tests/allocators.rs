@@ -1,13 +1,16 @@
 //! Every allocator leakbpf traces, each with a target that leaks known amounts from
 //! functions of its own next to hundreds of thousands of blocks freed again: each leak is
-//! reported once, exactly, at the function that made it, and nothing freed is
-//! ([`assert_allocator_run`]). One case per allocator, one test per way it is traced.
+//! reported once, exactly, at the function that made it, called by `main`, and nothing
+//! freed is ([`assert_allocator_run`]); every stack is walked whole. One case per
+//! allocator, one test per way it is traced; the main ones also built as distributions
+//! build (no frame pointers), with the same results.
 
 use std::path::Path;
 
 use leakbpf_tests::{
-    JEMALLOC_LINKED, LEAKER, LEAKER_FUNCTIONS, MIMALLOC_LINKED, PREFIXED, STATIC_GLIBC,
-    STATIC_GLIBC_FUNCTIONS, TCMALLOC_NEW, Traced, assert_allocator_run, require_root, trace,
+    JEMALLOC_LINKED, JEMALLOC_LINKED_NOFP, LEAKER, LEAKER_FUNCTIONS, LEAKER_NOFP, MIMALLOC_LINKED,
+    PREFIXED, STATIC_GLIBC, STATIC_GLIBC_FUNCTIONS, STATIC_GLIBC_NOFP, TCMALLOC_NEW,
+    TCMALLOC_NEW_NOFP, Traced, assert_allocator_run, assert_chains_to_main, require_root, trace,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -53,7 +56,15 @@ impl Case {
             self.leakbpf_args,
             &preload,
         );
-        assert_allocator_run(run.final_report(), &run.truth, self.functions, traced);
+        let report = run.final_report();
+        assert_allocator_run(report, &run.truth, self.functions, traced);
+        assert_chains_to_main(report, self.functions);
+        assert_eq!(
+            report.counters.truncated_stacks,
+            0,
+            "every stack reaches its outermost frame:\n{}",
+            report.describe()
+        );
     }
 }
 
@@ -96,6 +107,15 @@ cases! {
         preload: None,
     } => [by_pid, from_spawn];
 
+    /// The same, built without frame pointers.
+    glibc_nofp: Case {
+        target: LEAKER_NOFP,
+        functions: &LEAKER_FUNCTIONS,
+        leakbpf_args: &TOP,
+        args: &[],
+        preload: None,
+    } => [by_pid, from_spawn];
+
     /// jemalloc linked: malloc and friends are jemalloc's, not libc's, and jemalloc's own
     /// API (mallocx, rallocx, dallocx, sdallocx) allocates and frees too.
     jemalloc_linked: Case {
@@ -112,6 +132,22 @@ cases! {
         args: &[],
         preload: None,
     } => [by_pid, from_spawn];
+
+    /// The same, built without frame pointers (as Debian's jemalloc is).
+    jemalloc_linked_nofp: Case {
+        target: JEMALLOC_LINKED_NOFP,
+        functions: &[
+            "leak_malloc",
+            "leak_calloc",
+            "leak_realloc",
+            "leak_posix_memalign",
+            "leak_mallocx",
+            "leak_rallocx",
+        ],
+        leakbpf_args: &TOP,
+        args: &[],
+        preload: None,
+    } => [by_pid];
 
     /// jemalloc preloaded into leaker: pvalloc (which jemalloc lacks) is still libc's, and
     /// libc's reallocarray calls jemalloc's realloc.
@@ -139,6 +175,21 @@ cases! {
         args: &[],
         preload: None,
     } => [by_pid, from_spawn];
+
+    /// The same, built without frame pointers.
+    tcmalloc_new_nofp: Case {
+        target: TCMALLOC_NEW_NOFP,
+        functions: &[
+            "leak_new",
+            "leak_new_array",
+            "leak_new_nothrow",
+            "leak_new_aligned",
+            "leak_malloc",
+        ],
+        leakbpf_args: &TOP,
+        args: &[],
+        preload: None,
+    } => [by_pid];
 
     /// mimalloc, linked ahead of libc: malloc and mi_malloc are one function under two
     /// names; reallocarray and posix_memalign jump to mimalloc's own.
@@ -183,6 +234,15 @@ cases! {
     /// no libc.so and no dynamic loader to find it through.
     static_glibc: Case {
         target: STATIC_GLIBC,
+        functions: &STATIC_GLIBC_FUNCTIONS,
+        leakbpf_args: &TOP,
+        args: &[],
+        preload: None,
+    } => [by_pid, from_spawn];
+
+    /// The same, built without frame pointers.
+    static_glibc_nofp: Case {
+        target: STATIC_GLIBC_NOFP,
         functions: &STATIC_GLIBC_FUNCTIONS,
         leakbpf_args: &TOP,
         args: &[],

@@ -1,7 +1,10 @@
-//! A loaded library whose section headers or DWARF were broken after linking, which the
-//! dynamic linker loads all the same (tests/targets/break_elf.py): the agent neither fails
-//! nor loses the names of other objects' frames, names the library's frame as well as
-//! what is left of it allows, and keeps exact figures. One test per way of breaking it.
+//! A loaded library whose section headers, DWARF or call frame information were broken
+//! after linking, which the dynamic linker loads all the same (tests/targets/break_elf.py),
+//! or which was built without unwind tables: the agent neither fails nor loses the names
+//! of other objects' frames, names the library's frame as well as what is left of it
+//! allows, walks the stack on through it when its unwind information allows (and cuts
+//! it there, counted, when not: never a wrong frame), and keeps exact figures. One test
+//! per way of breaking it.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +27,15 @@ enum Named {
     Unnamed,
 }
 
+/// How the stack walk gets through the library's frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Walked {
+    /// On to the program's frames: its unwind information is there to read.
+    Through,
+    /// Not: it has none, or none that parses. The stack ends at its frame, cut.
+    CutThere,
+}
+
 /// The copy of libbroken_elf.so broken by `how` (tests/targets/Makefile puts it there).
 fn library(how: &str) -> PathBuf {
     Path::new(BROKEN_ELF)
@@ -39,6 +51,11 @@ fn has_source(frame: &Frame, name: &str) -> bool {
 
 /// Traces broken_elf with the library broken by `how`, and checks the report.
 fn check(how: &str, named: Named) {
+    check_walked(how, named, Walked::Through);
+}
+
+/// As [`check`], the library's unwind information allowing the walk as `walked` says.
+fn check_walked(how: &str, named: Named, walked: Walked) {
     require_root();
     let library = library(how);
     assert!(library.is_file(), "{} was not built", library.display());
@@ -92,15 +109,34 @@ fn check(how: &str, named: Named) {
         }
         Named::Unnamed => assert_eq!(function, None, "{first:?}"),
     }
-    // The program itself is intact: its frame keeps name, file and line.
-    let caller = &site.frames[1];
-    assert_eq!(
-        caller.name(),
-        Some("leak_through_library"),
-        "the broken library cost the program's frame its name:\n{}",
-        report.describe()
-    );
-    assert!(has_source(caller, "broken_elf.c"), "{caller:?}");
+    match walked {
+        Walked::Through => {
+            // The program itself is intact: its frame keeps name, file and line.
+            let caller = &site.frames[1];
+            assert_eq!(
+                caller.name(),
+                Some("leak_through_library"),
+                "the broken library cost the program's frame its name:\n{}",
+                report.describe()
+            );
+            assert!(has_source(caller, "broken_elf.c"), "{caller:?}");
+            assert_eq!(report.counters.truncated_stacks, 0, "{:?}", report.counters);
+        }
+        Walked::CutThere => {
+            assert_eq!(
+                site.frames.len(),
+                1,
+                "without unwind information for the library, its frame is the last:\n{}",
+                report.describe()
+            );
+            // Each walk through the library was cut, and only those.
+            assert_eq!(
+                report.counters.truncated_stacks, truth.count,
+                "{:?}",
+                report.counters
+            );
+        }
+    }
 
     assert_churn_freed(report);
     assert_churn_frees_counted(report, &run.truth, 100_000);
@@ -155,4 +191,22 @@ fn section_names_garbage() {
 #[test]
 fn no_section_name_table() {
     check("no_section_name_table", Named::Unnamed);
+}
+
+/// Built without unwind tables, but with debuggers' call frame information
+/// (`.debug_frame`): the walk uses that.
+#[test]
+fn no_eh_frame() {
+    check("no_eh_frame", Named::WithSource);
+}
+
+/// Built with no call frame information at all, nor DWARF.
+#[test]
+fn no_unwind_info() {
+    check_walked("no_unwind_info", Named::BySymbolTable, Walked::CutThere);
+}
+
+#[test]
+fn eh_frame_garbage() {
+    check_walked("eh_frame_garbage", Named::WithSource, Walked::CutThere);
 }

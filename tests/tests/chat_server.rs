@@ -1,9 +1,20 @@
 //! The demo's leak: every join leaks one EventCallback, allocated at
-//! EventManager::subscribe <- ChatRoom::addUser <- Server::handleJoin.
+//! EventManager::subscribe <- ChatRoom::addUser <- Server::handleJoin, whether the
+//! server keeps frame pointers or not (as distributions build it).
 
 use leakbpf_tests::{
-    CHAT_SERVER, Report, TargetOutput, Truth, require_root, trace_pid, trace_spawn,
+    CHAT_SERVER, CHAT_SERVER_NOFP, Report, TargetOutput, Truth, assert_chain, require_root,
+    trace_pid, trace_spawn,
 };
+
+/// The leak's stack, from the function that said `new` to `main`.
+const LEAK_CHAIN: [&str; 5] = [
+    "EventManager::subscribe",
+    "ChatRoom::addUser",
+    "Server::handleJoin",
+    "simulate",
+    "main",
+];
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
@@ -63,30 +74,54 @@ fn assert_leak_reported(report: &Report, truth: &Truth) {
         "the leak is the top call site:\n{}",
         report.describe()
     );
+    assert_chain(report, LEAK_CHAIN[0], &LEAK_CHAIN);
+}
+
+fn buggy_chat_server_traced_by_pid(server: &str) {
+    require_root();
+    let run = trace_pid(LEAKBPF, server, &["--joins", "1000"], &["--top", "1000"]);
+    let report = run.final_report();
+    assert_leak_reported(report, subscribe_truth(&run.truth));
+    assert_eq!(
+        report.counters.truncated_stacks,
+        0,
+        "every stack reaches its outermost frame:\n{}",
+        report.describe()
+    );
+}
+
+fn buggy_chat_server_traced_from_spawn(server: &str) {
+    require_root();
+    let run = trace_spawn(LEAKBPF, server, &["--joins", "500"], &["--top", "1000"]);
+    let report = run.final_report();
+    assert_leak_reported(report, subscribe_truth(&run.truth));
+    // Held at its dynamic linker's notice, it ran no code whose table was not ready.
+    assert_eq!(
+        report.counters.truncated_stacks,
+        0,
+        "every stack reaches its outermost frame:\n{}",
+        report.describe()
+    );
 }
 
 #[test]
-fn buggy_chat_server_traced_by_pid() {
-    require_root();
-    let run = trace_pid(
-        LEAKBPF,
-        CHAT_SERVER,
-        &["--joins", "1000"],
-        &["--top", "1000"],
-    );
-    assert_leak_reported(run.final_report(), subscribe_truth(&run.truth));
+fn buggy_chat_server_traced_by_pid_with_frame_pointers() {
+    buggy_chat_server_traced_by_pid(CHAT_SERVER);
 }
 
 #[test]
-fn buggy_chat_server_traced_from_spawn() {
-    require_root();
-    let run = trace_spawn(
-        LEAKBPF,
-        CHAT_SERVER,
-        &["--joins", "500"],
-        &["--top", "1000"],
-    );
-    assert_leak_reported(run.final_report(), subscribe_truth(&run.truth));
+fn buggy_chat_server_traced_by_pid_without_frame_pointers() {
+    buggy_chat_server_traced_by_pid(CHAT_SERVER_NOFP);
+}
+
+#[test]
+fn buggy_chat_server_traced_from_spawn_with_frame_pointers() {
+    buggy_chat_server_traced_from_spawn(CHAT_SERVER);
+}
+
+#[test]
+fn buggy_chat_server_traced_from_spawn_without_frame_pointers() {
+    buggy_chat_server_traced_from_spawn(CHAT_SERVER_NOFP);
 }
 
 #[test]

@@ -1,14 +1,16 @@
 //! Rust programs: their allocations go through the standard library's allocation
 //! functions before the allocator, and are still attributed to the function that made
-//! them. Built against glibc, and for x86_64-unknown-linux-musl linked statically:
-//! musl's malloc is then in the program itself (a static PIE), with no libc.so to find.
+//! them, called from `main`. Built against glibc, and for x86_64-unknown-linux-musl
+//! linked statically: musl's malloc is then in the program itself (a static PIE), with
+//! no libc.so to find. Each with frame pointers and without (Rust's release default).
 //! And on the allocators Rust services link in, found with no flag: tikv-jemallocator
 //! (`_rjem_mallocx`, `_rjem_sdallocx`, …) and the mimalloc crate (`mi_malloc_aligned`,
 //! `mi_free`, …).
 
 use leakbpf_tests::{
-    RUST_JEMALLOC, RUST_LEAKER, RUST_LEAKER_MUSL, RUST_MIMALLOC, Report, TargetOutput,
-    assert_churn_frees_counted, assert_nothing_dropped, require_root, sum, trace_pid, trace_spawn,
+    RUST_JEMALLOC, RUST_LEAKER, RUST_LEAKER_MUSL, RUST_LEAKER_MUSL_NOFP, RUST_LEAKER_NOFP,
+    RUST_MIMALLOC, Report, TargetOutput, assert_churn_frees_counted, assert_nothing_dropped,
+    require_root, sum, trace_pid, trace_spawn,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -17,12 +19,32 @@ const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 fn rust_boxes_and_vec_leaks_are_reported_exactly() {
     require_root();
     let run = trace_pid(LEAKBPF, RUST_LEAKER, &[], &["--top", "1000"]);
-    assert_rust_run(run.final_report(), &run.truth, FULL_CHURN);
+    assert_rust_run(
+        run.final_report(),
+        &run.truth,
+        RUST_LEAKER_CRATE,
+        FULL_CHURN,
+    );
 }
 
+#[test]
+fn rust_boxes_and_vec_leaks_without_frame_pointers() {
+    require_root();
+    let run = trace_pid(LEAKBPF, RUST_LEAKER_NOFP, &[], &["--top", "1000"]);
+    assert_rust_run(
+        run.final_report(),
+        &run.truth,
+        RUST_LEAKER_CRATE,
+        FULL_CHURN,
+    );
+}
+
+/// Where rust_leaker.rs's functions are: its own crate, or the module the allocator
+/// programs include it as.
+const RUST_LEAKER_CRATE: &str = "rust_leaker";
 /// The frees rust_leaker's default churn makes.
 const FULL_CHURN: u64 = 750_000;
-/// Churn rounds on the statically linked allocators, whose entry points the kernel
+/// Churn rounds on the statically linked allocators, whose `malloc` the kernel
 /// single-steps (about 10 µs a probe), and the frees they make.
 const SHORT_ROUNDS: &str = "20000";
 const SHORT_CHURN: u64 = 60_000;
@@ -36,7 +58,8 @@ fn tikv_jemallocator_in_the_executable_is_found_without_flags() {
         &["--rounds", SHORT_ROUNDS],
         &["--top", "1000"],
     );
-    assert_rust_run(run.final_report(), &run.truth, SHORT_CHURN);
+    let report = run.final_report();
+    assert_rust_run(report, &run.truth, "rust_jemalloc::leaker", SHORT_CHURN);
 }
 
 #[test]
@@ -48,7 +71,8 @@ fn tikv_jemallocator_traced_by_pid() {
         &["--rounds", SHORT_ROUNDS],
         &["--top", "1000"],
     );
-    assert_rust_run(run.final_report(), &run.truth, SHORT_CHURN);
+    let report = run.final_report();
+    assert_rust_run(report, &run.truth, "rust_jemalloc::leaker", SHORT_CHURN);
 }
 
 #[test]
@@ -60,27 +84,32 @@ fn mimalloc_crate_in_the_executable_is_found_without_flags() {
         &["--rounds", SHORT_ROUNDS],
         &["--top", "1000"],
     );
-    assert_rust_run(run.final_report(), &run.truth, SHORT_CHURN);
+    let report = run.final_report();
+    assert_rust_run(report, &run.truth, "rust_mimalloc::leaker", SHORT_CHURN);
 }
 
-fn musl_program() -> &'static str {
+/// A build for musl: `program`, unless rustc had no standard library for it.
+fn musl_program(program: &'static str) -> &'static str {
     assert!(
-        !RUST_LEAKER_MUSL.is_empty(),
+        !program.is_empty(),
         "rust_leaker_musl was not built: this rustc has no standard library for \
          x86_64-unknown-linux-musl (`rustup target add x86_64-unknown-linux-musl`, then \
          rebuild the tests)"
     );
-    RUST_LEAKER_MUSL
+    program
 }
 
-/// Exact figures at both leaking functions, nothing at the churn, whose `least_frees`
-/// frees or more were all counted.
-fn assert_rust_run(report: &Report, truth: &TargetOutput, least_frees: u64) {
-    for (function, suffix) in [
+/// Exact figures at both leaking functions of `module` (each called by its `main`),
+/// nothing at the churn, whose `least_frees` frees or more were all counted.
+fn assert_rust_run(report: &Report, truth: &TargetOutput, module: &str, least_frees: u64) {
+    let main = format!("{module}::main");
+    for (truth_of, suffix) in [
         ("rust_leaker::leak_boxes", "leak_boxes"),
         ("rust_leaker::leak_vec", "leak_vec"),
     ] {
-        let truth = truth.truth(function);
+        let function = format!("{module}::{suffix}");
+        let function = function.as_str();
+        let truth = truth.truth(truth_of);
         let outstanding =
             sum(report
                 .sites_where(|site| site.site().is_some_and(|caller| caller.ends_with(suffix))));
@@ -90,6 +119,19 @@ fn assert_rust_run(report: &Report, truth: &TargetOutput, least_frees: u64) {
             "(bytes, allocations) outstanding at {function}:\n{}",
             report.describe()
         );
+        // Above the standard library's allocation functions: the leaking function,
+        // called by the program's main.
+        for site in
+            report.sites_where(|site| site.site().is_some_and(|caller| caller.ends_with(suffix)))
+        {
+            assert_eq!(
+                site.chain_between(function, &main),
+                Some(vec![function, main.as_str()]),
+                "the callers of {function}: {:?}\n{}",
+                site.names(),
+                report.describe()
+            );
+        }
     }
     let churned =
         sum(report.sites_where(|site| site.site().is_some_and(|caller| caller.ends_with("churn"))));
@@ -106,13 +148,67 @@ fn assert_rust_run(report: &Report, truth: &TargetOutput, least_frees: u64) {
 #[test]
 fn static_musl_rust_traced_by_pid() {
     require_root();
-    let run = trace_pid(LEAKBPF, musl_program(), &[], &["--top", "1000"]);
-    assert_rust_run(run.final_report(), &run.truth, FULL_CHURN);
+    let run = trace_pid(
+        LEAKBPF,
+        musl_program(RUST_LEAKER_MUSL),
+        &[],
+        &["--top", "1000"],
+    );
+    assert_rust_run(
+        run.final_report(),
+        &run.truth,
+        RUST_LEAKER_CRATE,
+        FULL_CHURN,
+    );
 }
 
 #[test]
 fn static_musl_rust_traced_from_spawn() {
     require_root();
-    let run = trace_spawn(LEAKBPF, musl_program(), &[], &["--top", "1000"]);
-    assert_rust_run(run.final_report(), &run.truth, FULL_CHURN);
+    let run = trace_spawn(
+        LEAKBPF,
+        musl_program(RUST_LEAKER_MUSL),
+        &[],
+        &["--top", "1000"],
+    );
+    assert_rust_run(
+        run.final_report(),
+        &run.truth,
+        RUST_LEAKER_CRATE,
+        FULL_CHURN,
+    );
+}
+
+#[test]
+fn static_musl_rust_without_frame_pointers_traced_by_pid() {
+    require_root();
+    let run = trace_pid(
+        LEAKBPF,
+        musl_program(RUST_LEAKER_MUSL_NOFP),
+        &[],
+        &["--top", "1000"],
+    );
+    assert_rust_run(
+        run.final_report(),
+        &run.truth,
+        RUST_LEAKER_CRATE,
+        FULL_CHURN,
+    );
+}
+
+#[test]
+fn static_musl_rust_without_frame_pointers_traced_from_spawn() {
+    require_root();
+    let run = trace_spawn(
+        LEAKBPF,
+        musl_program(RUST_LEAKER_MUSL_NOFP),
+        &[],
+        &["--top", "1000"],
+    );
+    assert_rust_run(
+        run.final_report(),
+        &run.truth,
+        RUST_LEAKER_CRATE,
+        FULL_CHURN,
+    );
 }

@@ -34,8 +34,10 @@ pub fn run(root: &Path, args: &[OsString]) -> Result<u8> {
     Ok(devutil::exit_code(status))
 }
 
-/// `cargo xtask demo`: the agent on the leaky chat server, then on its RAII-fixed build.
-/// Returns the first non-zero exit code of the two agent runs, else 0.
+/// `cargo xtask demo`: the agent on the leaky chat server, then on its RAII-fixed build,
+/// both compiled as distributions compile (-O2, no frame pointers): the stacks are
+/// walked with the unwind tables. Returns the first non-zero exit code of the two agent
+/// runs, else 0.
 pub fn demo(root: &Path) -> Result<u8> {
     header("setup");
     toolchain::ensure_base_packages()?;
@@ -43,7 +45,7 @@ pub fn demo(root: &Path) -> Result<u8> {
     header("build leakbpf");
     let agent = build_agent(root)?;
 
-    let server = devutil::build_chat_server(root)?;
+    let server = devutil::build_chat_server(root, devutil::Build::Distribution)?;
 
     header("leakbpf on the chat server (leaks on purpose), 7 s");
     let leaky = profile(root, &agent, &server, &["--duration", "7"])?;

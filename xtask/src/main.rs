@@ -28,7 +28,8 @@ struct Cli {
 enum Task {
     /// Install what the tests, the demo and dist need (apt packages: g++, make, bpftool,
     /// util-linux, file, the allocators, and the output tests' readers: golang-go,
-    /// prometheus, chromium; the musl target; cargo-deb)
+    /// prometheus, chromium; valgrind, perl, python3.11 for the unwinding tests; the musl
+    /// target; cargo-deb)
     Setup {
         /// Also the eBPF toolchain (nightly + rust-src, or Debian's rustc-web + LLVM 22;
         /// and bpf-linker)

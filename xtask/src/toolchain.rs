@@ -27,7 +27,10 @@ use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 /// of leakbpf's outputs that the output tests run: `go tool pprof` (golang-go), a
 /// Prometheus server and promtool (prometheus), headless Chromium for the flame graph;
 /// a debuginfod server (debuginfod) serving a stripped target's debug file; musl's C
-/// compiler (musl-tools) for the C in `cargo xtask dist`'s static build.
+/// compiler (musl-tools) for the C in `cargo xtask dist`'s static build; valgrind, whose
+/// stacks the unwinding tests compare with leakbpf's, and the real Debian programs they
+/// trace (perl, python3.11: built without frame pointers, their allocations through
+/// wrappers).
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -42,6 +45,9 @@ const BASE_PACKAGES: &[&str] = &[
     "chromium",
     "debuginfod",
     "musl-tools",
+    "valgrind",
+    "perl",
+    "python3.11",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
 const BASE_COMMANDS: &[&str] = &[
@@ -55,6 +61,9 @@ const BASE_COMMANDS: &[&str] = &[
     "chromium",
     "debuginfod",
     "musl-gcc",
+    "valgrind",
+    "perl",
+    "python3.11",
 ];
 /// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[

@@ -42,6 +42,7 @@ const BUILT_IN: &[&str] = &[
     r"^x(malloc|calloc|realloc|zalloc|strdup|strndup|memdup)$",
     r"^z(try)?(malloc|calloc|realloc)(_usable)?$",
     r"^sqlite3(Malloc|MallocZero|Realloc|DbMallocRaw(NN)?|DbMallocZero|_malloc|_malloc64|_realloc|_realloc64)$",
+    r"^Perl_safesys(malloc|calloc|realloc)$",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +232,7 @@ mod tests {
             "xmalloc",
             "zmalloc",
             "sqlite3Malloc",
+            "Perl_safesysmalloc",
             "operator new(unsigned long)",
             "__gnu_cxx::new_allocator<int>::allocate(unsigned long, void const*)",
             "std::_Vector_base<int, std::allocator<int> >::_M_allocate(unsigned long)",

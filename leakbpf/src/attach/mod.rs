@@ -20,12 +20,15 @@ use leakbpf_common::Setting;
 
 use self::objects::ObjectsError;
 pub use self::{
-    plan::{PlanError, Probe, Probed},
+    plan::{PlanError, Probe, Probed, wrappers},
     privileges::{MissingPrivileges, check as check_privileges, raise_memlock_limit},
     programs::{AttachError, Attached, Programs, Scope},
     tracefs::{ProcessFields, TracefsError, process_fields},
 };
-use crate::kernel::KernelMaps;
+use crate::{
+    kernel::KernelMaps,
+    unwind::{Described, FileTable, UnwindError, Unwinder, Wait},
+};
 
 /// How the objects of a process are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,17 +82,12 @@ impl Attachment {
             for attached in &self.attached {
                 let _ = write!(
                     text,
-                    "\nleakbpf:   {:<11} {}",
+                    "\nleakbpf:   {:<13} {}",
                     attached.program, attached.probe
                 );
             }
-            for wrapper in self.probes.iter().filter(|p| !p.wrapper_calls.is_empty()) {
-                let _ = write!(
-                    text,
-                    "\nleakbpf:   stepped over {} ({} calls)",
-                    wrapper,
-                    wrapper.wrapper_calls.len()
-                );
+            for wrapper in self.probes.iter().filter(|p| p.probed == Probed::New) {
+                let _ = write!(text, "\nleakbpf:   left out of stacks: {wrapper}");
             }
         }
         text
@@ -121,9 +119,11 @@ pub fn malloc_providers(pid: NonZeroU32) -> Vec<String> {
         .collect()
 }
 
-/// Attaches the programs to the allocation functions of images.
+/// Attaches the programs to the allocation functions of images, and gives the stack
+/// walk the unwind tables of the code they run.
 pub struct Attacher {
     programs: Programs,
+    unwinder: Unwinder,
     /// `--symbol-prefix`.
     prefix: Option<String>,
     /// Empty programs instead (`--floor`).
@@ -131,9 +131,15 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    pub fn new(programs: Programs, prefix: Option<String>, floor: bool) -> Self {
+    pub fn new(
+        programs: Programs,
+        unwinder: Unwinder,
+        prefix: Option<String>,
+        floor: bool,
+    ) -> Self {
         Self {
             programs,
+            unwinder,
             prefix,
             floor,
         }
@@ -141,6 +147,39 @@ impl Attacher {
 
     pub fn programs(&mut self) -> &mut Programs {
         &mut self.programs
+    }
+
+    /// Tells the stack walk what process `pid` maps now, every object's table first
+    /// (or, without `wait`, once built).
+    pub fn describe(
+        &mut self,
+        maps: &mut KernelMaps,
+        pid: u32,
+        wait: Wait,
+    ) -> Result<Described, UnwindError> {
+        self.unwinder.describe(maps, pid, wait)
+    }
+
+    /// A table built on the unwinder's thread is ready: the processes to describe again.
+    pub fn built(&mut self, maps: &mut KernelMaps, table: FileTable) -> Vec<u32> {
+        self.unwinder.built(maps, table)
+    }
+
+    /// Whether the stack walk was told what process `pid` maps.
+    pub fn describes(&self, pid: u32) -> bool {
+        self.unwinder.describes(pid)
+    }
+
+    /// Process `pid` is gone: the stack walk forgets its mappings.
+    pub fn forget(&mut self, maps: &mut KernelMaps, pid: u32) -> Result<(), UnwindError> {
+        self.unwinder.forget(maps, pid)
+    }
+
+    /// The unwind rows in use and the kernel's room for them, and the kernel memory
+    /// their arrays take.
+    pub fn unwind_usage(&self, maps: &mut KernelMaps) -> (u32, usize, usize) {
+        let (used, capacity) = self.unwinder.rows(maps);
+        (used, capacity, maps.unwind_bytes())
     }
 
     /// Plans `image` and attaches its probes in `scope`.
@@ -154,19 +193,28 @@ impl Attacher {
         Ok(self.attach(maps, probes, scope)?)
     }
 
-    /// Attaches `probes` in `scope`, and gives the stack walk the frameless wrappers
-    /// among them.
+    /// Attaches `probes` in `scope`, each entry probe with the unwind rule of its
+    /// instruction, from its object's table, for the walks it starts.
     pub fn attach(
         &mut self,
         maps: &mut KernelMaps,
-        probes: Vec<Probe>,
+        mut probes: Vec<Probe>,
         scope: Scope,
     ) -> Result<Attachment, AttachError> {
-        maps.add_wrapper_calls(probes.iter().flat_map(|p| &p.wrapper_calls))?;
         // Before the probes: a delete's own call of `free` must never count as a free of
         // an unknown block.
         if probes.iter().any(|probe| probe.probed == Probed::Delete) {
             maps.switch_on(Setting::DeleteProbed)?;
+        }
+        for probe in probes
+            .iter_mut()
+            .filter(|p| matches!(p.probed, Probed::Alloc(_)))
+        {
+            probe.first_frame = Some(self.unwinder.rule_at(
+                maps,
+                &probe.object.host_path,
+                probe.address,
+            ));
         }
         let attached = self.programs.attach(&probes, scope, self.floor)?;
         Ok(Attachment { probes, attached })

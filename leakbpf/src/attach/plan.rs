@@ -1,15 +1,14 @@
 //! Which functions are probed, in which object, and at which instruction.
 
-use std::fmt;
+use std::{fmt, ops::Range};
 
-use leakbpf_common::AllocKind;
+use leakbpf_common::{AllocKind, UnwindRule};
 
 use super::{
     elf::{ElfError, ElfObject},
     objects::MappedObject,
     placement::{self, Role},
 };
-use crate::unwind::{self, WrapperCall};
 
 /// What a probed function is, which decides the eBPF program attached to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,13 +17,20 @@ pub enum Probed {
     Free,
     /// `operator new` in one of its forms. Where the object that provides it also
     /// provides `malloc` (jemalloc, tcmalloc, mimalloc) it allocates by itself and is
-    /// probed as an allocation function; otherwise (libstdc++) it calls `malloc` from a
-    /// frameless function, and is not probed: the stack walk steps over it.
+    /// probed as an allocation function; otherwise (libstdc++) it is a wrapper that
+    /// calls `malloc`, and is not probed: the stack walk leaves its frame out (see
+    /// [`wrappers`]).
     New,
     /// `operator delete` in one of its forms: probed as a free only where its object
     /// also provides `free`; libstdc++'s calls `free`, which is probed anyway.
     Delete,
+    /// The dynamic linker's notice that it mapped or unmapped objects: the stack walk
+    /// must learn of their code.
+    LoaderNotice,
 }
+
+/// The function the dynamic linker calls after it maps or unmaps objects, for debuggers.
+const LOADER_NOTICE: &str = "_dl_debug_state";
 
 /// The C allocation interface: these also get `--symbol-prefix`ed twins.
 const C_FUNCTIONS: [(&str, Probed); 15] = [
@@ -130,8 +136,11 @@ pub struct Probe {
     pub offset: u64,
     /// The probed instruction's offset in the object file.
     pub file_offset: u64,
-    /// For [`Probed::New`]: the calls it makes, for the stack walk to step over.
-    pub wrapper_calls: Vec<WrapperCall>,
+    /// The probed instruction's address in the object's own numbering.
+    pub address: u64,
+    /// The unwind rule of the probed instruction, once the object's table is read: the
+    /// first frame of every stack the probe takes.
+    pub first_frame: Option<UnwindRule>,
 }
 
 impl Probe {
@@ -171,6 +180,7 @@ fn wanted(prefix: Option<&str>) -> Vec<(String, Probed)> {
         .iter()
         .chain(&CXX_FUNCTIONS)
         .chain(&OWN_INTERFACES)
+        .chain(&[(LOADER_NOTICE, Probed::LoaderNotice)])
         .map(|&(name, probed)| (name.to_owned(), probed))
         .collect();
     let prefixes = KNOWN_PREFIXES
@@ -229,19 +239,18 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
                 Probed::Free | Probed::Delete => Role::Free,
                 Probed::Alloc(kind) => Role::Entry(arguments_read(*kind)),
                 Probed::New => Role::Entry(1),
+                // Reads no argument: stops the thread for the agent.
+                Probed::LoaderNotice => Role::Entry(0),
             };
             let offset = placement::probe_offset(&function.prologue, role);
-            let wrapper_calls = match probed {
-                Probed::New => unwind::wrapper_calls(&elf, function),
-                _ => Vec::new(),
-            };
             probes.push(Probe {
                 symbols: vec![name.clone()],
                 probed: *probed,
                 object: object.clone(),
                 offset,
                 file_offset: function.file_offset + offset,
-                wrapper_calls,
+                address: function.address + offset,
+                first_frame: None,
             });
         }
     }
@@ -259,13 +268,38 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
     probes.retain_mut(|probe| match probe.probed {
         Probed::New if probe.object == malloc => {
             probe.probed = Probed::Alloc(AllocKind::Malloc);
-            probe.wrapper_calls.clear();
             true
         }
         Probed::Delete => probe.object == free,
         _ => true,
     });
     Ok(probes)
+}
+
+/// The allocation wrappers of `elf`, by address: its forms of `operator new` when it
+/// has no `malloc` of its own (libstdc++'s), which the stack walk leaves out of the
+/// stacks they start, so that each names the code that said `new`.
+pub fn wrappers(elf: &ElfObject) -> Vec<Range<u64>> {
+    let new_names: Vec<&str> = CXX_FUNCTIONS
+        .iter()
+        .filter(|(_, probed)| *probed == Probed::New)
+        .map(|&(name, _)| name)
+        .chain(["malloc"])
+        .collect();
+    let Ok(found) = elf.functions(&new_names) else {
+        return Vec::new();
+    };
+    if found.contains_key("malloc") {
+        return Vec::new();
+    }
+    let mut ranges: Vec<Range<u64>> = found
+        .values()
+        .filter(|function| function.size > 0)
+        .map(|function| function.address..function.address + function.size)
+        .collect();
+    ranges.sort_by_key(|range| range.start);
+    ranges.dedup();
+    ranges
 }
 
 #[cfg(test)]
@@ -298,6 +332,21 @@ mod tests {
         );
         let free = with_symbol(&probes, "free").unwrap();
         assert!(free.offset > 0, "free's probe moves past its NULL test");
+    }
+
+    #[test]
+    fn libstdcxx_new_is_a_wrapper_and_jemalloc_new_is_not() {
+        let libstdcxx = ElfObject::open("/usr/lib/x86_64-linux-gnu/libstdc++.so.6".as_ref())
+            .expect("libstdc++ is installed with g++ (cargo xtask setup)");
+        let wrappers = wrappers(&libstdcxx);
+        let new = &libstdcxx.functions(&["_Znwm"]).unwrap()["_Znwm"];
+        assert!(
+            wrappers.iter().any(|range| range.contains(&new.address)),
+            "{wrappers:x?}"
+        );
+        let jemalloc = ElfObject::open("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2".as_ref())
+            .expect("libjemalloc2 is installed (cargo xtask setup)");
+        assert!(super::wrappers(&jemalloc).is_empty());
     }
 
     #[test]

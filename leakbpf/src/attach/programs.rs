@@ -17,8 +17,8 @@ use aya::{
 use leakbpf_common::{
     cookie_for,
     program_names::{
-        ALLOC_ENTER, ALLOC_EXIT, DELETE_ENTER, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, PROCESS_EXEC,
-        PROCESS_EXIT, PROCESS_FORK,
+        ALLOC_ENTER, ALLOC_EXIT, DELETE_ENTER, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, LOADER_NOTICE,
+        PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK,
     },
 };
 
@@ -146,11 +146,14 @@ impl Programs {
         let mut attached = Vec::new();
         for probe in probes {
             let (entry, cookie) = match probe.probed {
-                Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind))),
+                Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind, probe.first_frame))),
                 Probed::Free => (FREE_ENTER, None),
                 Probed::Delete => (DELETE_ENTER, None),
-                // Stepped over by the stack walk instead (see `frameless`).
+                // Left out of the stacks by the walk instead (see `plan::wrappers`).
                 Probed::New => continue,
+                // Nothing to measure there.
+                Probed::LoaderNotice if floor => continue,
+                Probed::LoaderNotice => (LOADER_NOTICE, None),
             };
             // The return probe first: a call whose entry is seen must have its return
             // seen too, or its thread's call stays open and every later one looks

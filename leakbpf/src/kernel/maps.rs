@@ -1,5 +1,6 @@
 //! What the eBPF programs keep (counters, outstanding allocations, stacks, the traced
-//! set) and what the agent tells them (the clock, the frameless wrappers' calls).
+//! set) and what the agent tells them (the clock, the unwind tables and each process's
+//! mappings).
 
 use std::{collections::HashMap as StdHashMap, os::fd::AsFd};
 
@@ -8,12 +9,12 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leakbpf_common::{
-    AllocInfo, AllocKey, Counter, ProcessCounters, Setting, StackTrace, WrapperFrame, map_names,
+    AllocInfo, AllocKey, Counter, ProcessCounters, ProcessMappings, Setting, StackTrace, UnwindRow,
+    UnwindRule, map_names,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{KernelError, batch, clock::Clock};
-use crate::unwind::WrapperCall;
+use super::{KernelError, batch, clock::Clock, shared::SharedArray};
 
 /// Outstanding allocations read per system call: 8192 × 40 bytes of buffer.
 const ALLOCS_PER_READ: usize = 8192;
@@ -30,6 +31,7 @@ pub struct Counters {
     pub dropped_calls: u64,
     pub probe_errors: u64,
     pub lost_events: u64,
+    pub truncated_stacks: u64,
 }
 
 /// One call site's outstanding allocations, as drained.
@@ -63,8 +65,12 @@ pub struct KernelMaps {
     process_counters: PerCpuHashMap<MapData, u32, ProcessCounters>,
     traced: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
-    wrapper_calls: HashMap<MapData, [u64; 2], WrapperFrame>,
     settings: Array<MapData, u32>,
+    unwind_rows: SharedArray<UnwindRow>,
+    unwind_rules: SharedArray<UnwindRule>,
+    unwind_processes: HashMap<MapData, u32, ProcessMappings>,
+    unwind_generation: Array<MapData, u32>,
+    loader_holds: HashMap<MapData, u32, u32>,
     /// Writes the CLOCK map while the maps live.
     _clock: Clock,
 }
@@ -106,8 +112,22 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     T::try_from(map).map_err(map_error(name))
 }
 
+/// An array map of `name`, memory-mapped with its `len` elements.
+fn shared<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    len: u32,
+) -> Result<SharedArray<T>, KernelError> {
+    match ebpf.take_map(name) {
+        Some(Map::Array(data)) => {
+            SharedArray::new(data, len).map_err(|source| KernelError::Read { name, source })
+        }
+        _ => Err(KernelError::Missing(name)),
+    }
+}
+
 impl KernelMaps {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+    pub(super) fn take(ebpf: &mut Ebpf, unwind_rows: u32) -> Result<Self, KernelError> {
         let clock = Clock::start(take(ebpf, map_names::CLOCK)?).map_err(KernelError::Clock)?;
         Ok(Self {
             allocs: match ebpf.take_map(map_names::ALLOCS) {
@@ -119,27 +139,72 @@ impl KernelMaps {
             process_counters: take(ebpf, map_names::PROCESS_COUNTERS)?,
             traced: take(ebpf, map_names::TRACED_PIDS)?,
             events: Some(take(ebpf, map_names::EVENTS)?),
-            wrapper_calls: take(ebpf, map_names::WRAPPER_CALLS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
+            unwind_rows: shared(ebpf, map_names::UNWIND_ROWS, unwind_rows)?,
+            unwind_rules: shared(ebpf, map_names::UNWIND_RULES, super::UNWIND_RULES)?,
+            unwind_processes: take(ebpf, map_names::UNWIND_PROCESSES)?,
+            unwind_generation: take(ebpf, map_names::UNWIND_GENERATION)?,
+            loader_holds: take(ebpf, map_names::LOADER_HOLDS)?,
             _clock: clock,
         })
     }
 
-    /// Tells the stack walk about `calls` made by frameless wrappers, to step over.
-    pub fn add_wrapper_calls<'a>(
+    /// The kernel's unwind rows, which the stack walk reads as they are written.
+    pub fn unwind_rows(&mut self) -> &mut [UnwindRow] {
+        self.unwind_rows.as_mut_slice()
+    }
+
+    /// The kernel's unwind rules, by index.
+    pub fn unwind_rules(&mut self) -> &mut [UnwindRule] {
+        self.unwind_rules.as_mut_slice()
+    }
+
+    /// Bytes of kernel memory the unwind arrays take.
+    pub fn unwind_bytes(&self) -> usize {
+        self.unwind_rows.bytes() + self.unwind_rules.bytes()
+    }
+
+    /// Tells the stack walk what process `pid` maps, replacing what it knew.
+    pub fn set_unwind_mappings(
         &mut self,
-        calls: impl IntoIterator<Item = &'a WrapperCall>,
+        pid: u32,
+        mappings: &ProcessMappings,
     ) -> Result<(), KernelError> {
-        let mut calls = calls.into_iter().peekable();
-        if calls.peek().is_none() {
-            return Ok(());
+        self.unwind_processes
+            .insert(pid, mappings, 0)
+            .map_err(map_error(map_names::UNWIND_PROCESSES))
+    }
+
+    /// Forgets what process `pid` maps.
+    pub fn remove_unwind_mappings(&mut self, pid: u32) -> Result<(), KernelError> {
+        match self.unwind_processes.remove(&pid) {
+            Ok(()) => Ok(()),
+            // The exit tracepoint removed it first.
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(map_error(map_names::UNWIND_PROCESSES)(source)),
         }
-        for call in calls {
-            self.wrapper_calls
-                .insert(call.code, call.frame, 0)
-                .map_err(map_error(map_names::WRAPPER_CALLS))?;
-        }
-        self.switch_on(Setting::WrappersKnown)
+    }
+
+    /// Makes every CPU's cached unwind rules stale.
+    pub fn bump_unwind_generation(&mut self) -> Result<(), KernelError> {
+        let generation = self
+            .unwind_generation
+            .get(&0, 0)
+            .map_err(map_error(map_names::UNWIND_GENERATION))?;
+        self.unwind_generation
+            .set(0, generation.wrapping_add(1), 0)
+            .map_err(map_error(map_names::UNWIND_GENERATION))
+    }
+
+    /// Whether thread `tid` is held at the dynamic linker's notice (and no longer, once
+    /// asked): its stop is the agent's to undo, not a signal to deliver.
+    pub fn take_loader_hold(&mut self, tid: u32) -> bool {
+        self.loader_holds.remove(&tid).is_ok()
     }
 
     /// Switches `setting` on for the programs.
@@ -199,6 +264,7 @@ impl KernelMaps {
             dropped_calls: total(Counter::DroppedCalls),
             probe_errors: total(Counter::ProbeErrors),
             lost_events: total(Counter::LostEvents),
+            truncated_stacks: total(Counter::TruncatedStacks),
         })
     }
 

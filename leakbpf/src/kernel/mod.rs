@@ -7,6 +7,7 @@ mod batch;
 mod clock;
 pub mod features;
 mod maps;
+mod shared;
 
 use std::num::NonZeroU32;
 
@@ -16,7 +17,7 @@ use aya::{
     programs::{ProgramError, TracePoint, UProbe},
 };
 use leakbpf_common::{
-    ALL_PROCESSES, MAX_CALL_SLOTS, NO_FIELD, global_names, map_names,
+    ALL_PROCESSES, MAX_CALL_SLOTS, MAX_STACK_DEPTH, NO_FIELD, global_names, map_names,
     program_names::{TRACEPOINTS, UPROBES, URETPROBES},
 };
 
@@ -37,7 +38,13 @@ pub struct Capacity {
     pub allocations: u32,
     /// Distinct stacks, and call sites (`--max-stacks`).
     pub stacks: u32,
+    /// Rows of every unwind table together (`--max-unwind-rows`).
+    pub unwind_rows: u32,
 }
+
+/// Distinct unwind rules the kernel holds (the eBPF side's own bound): real objects
+/// have a few hundred.
+pub const UNWIND_RULES: u32 = 1 << 16;
 
 /// Which processes the programs record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +67,10 @@ pub struct LoadSettings {
     pub follow_forks: bool,
     /// The process tracepoints' record offsets, when tracefs has them.
     pub fields: Option<ProcessFields>,
+    /// Frames walked at most per stack (`--max-depth`).
+    pub stack_depth: u32,
+    /// The started command, traced with ptrace: held at the dynamic linker's notices.
+    pub held: Option<NonZeroU32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +113,8 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
         exit_group_dead: NO_FIELD,
     });
     let agent = std::process::id();
+    let stack_depth = settings.stack_depth.min(MAX_STACK_DEPTH as u32);
+    let held = settings.held.map_or(0, NonZeroU32::get);
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::TARGET_TGID, &target, true)
         .override_global(global_names::AGENT_TGID, &agent, true)
@@ -117,7 +130,10 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
             &fields.exit_group_dead,
             true,
         )
+        .override_global(global_names::STACK_DEPTH, &stack_depth, true)
+        .override_global(global_names::HELD_TGID, &held, true)
         .map_max_entries(map_names::ALLOCS, settings.capacity.allocations)
+        .map_max_entries(map_names::UNWIND_ROWS, settings.capacity.unwind_rows)
         .map_max_entries(map_names::STACKS, settings.capacity.stacks)
         .map_max_entries(map_names::CALL_SLOTS, call_slots())
         .load(OBJECT)
@@ -134,7 +150,7 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
             .load()
             .map_err(|source| KernelError::Program { name, source })?;
     }
-    let maps = KernelMaps::take(&mut ebpf)?;
+    let maps = KernelMaps::take(&mut ebpf, settings.capacity.unwind_rows)?;
     Ok((ebpf, maps))
 }
 

@@ -91,8 +91,13 @@ pub fn table(report: &Snapshot, all_frames: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures",
-        c.allocations, c.frees, c.unknown_frees, c.failed_allocations, c.stack_failures
+        "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures, {} truncated stacks",
+        c.allocations,
+        c.frees,
+        c.unknown_frees,
+        c.failed_allocations,
+        c.stack_failures,
+        c.truncated_stacks
     );
     for (count, what) in [
         (

@@ -15,6 +15,7 @@ use leakbpf_common::{Event, EventKind};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc::UnboundedReceiver,
     time::{Instant, MissedTickBehavior},
 };
 
@@ -31,6 +32,7 @@ use crate::{
     serve::Latest,
     snapshot::Snapshot,
     symbolize::{NamedStacks, StackRequest, SymbolizerHandle},
+    unwind::{FileTable, Wait},
 };
 
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -87,6 +89,8 @@ pub struct EventLoop {
     /// Owns every probe: they detach when the loop is dropped.
     pub attacher: Attacher,
     pub maps: KernelMaps,
+    /// The unwind tables built on their own thread; taken by [`EventLoop::run`].
+    pub tables: Option<UnboundedReceiver<FileTable>>,
     pub output: Output,
     /// With `--http`: where the latest reports are published for the server.
     pub latest: Option<Latest>,
@@ -116,6 +120,7 @@ impl EventLoop {
             Some(logger) => Some(fd::poll(logger).context("cannot poll the eBPF log")?),
             None => None,
         };
+        let mut tables = self.tables.take();
         // A running process has its libraries mapped already: cache its memory map now,
         // so its stacks can be named even if it exits before the agent gets to them.
         self.remember_maps().await?;
@@ -155,6 +160,16 @@ impl EventLoop {
                         }
                         self.exited(pid, status).await?;
                     }
+                    // Its main thread, at the dynamic linker's notice that it mapped
+                    // objects: their tables before their code runs.
+                    LifeEvent::Stopped(pid) => {
+                        if self.maps.take_loader_hold(pid.get()) {
+                            self.describe(pid, Wait::Yes);
+                            lifetime.resume();
+                        } else {
+                            lifetime.deliver();
+                        }
+                    }
                 },
                 ready = readable(&mut events) => {
                     let mut guard = ready?;
@@ -169,6 +184,13 @@ impl EventLoop {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+                Some(table) = next_table(&mut tables) => {
+                    for pid in self.attacher.built(&mut self.maps, table) {
+                        if let Some(pid) = NonZeroU32::new(pid) {
+                            self.describe(pid, Wait::No);
+                        }
+                    }
+                }
             }
         }
         if let Some(ring) = events.as_mut() {
@@ -178,6 +200,34 @@ impl EventLoop {
         self.attacher.programs().detach_all();
         self.output.finish()?;
         Ok(self.verdicts)
+    }
+
+    /// Tells the stack walk what process `pid` maps now. A process gone meanwhile needs
+    /// nothing; anything else is said, and its stacks are cut where the walk does not
+    /// know its code.
+    fn describe(&mut self, pid: NonZeroU32, wait: Wait) {
+        match self.attacher.describe(&mut self.maps, pid.get(), wait) {
+            Ok(described) if self.settings.verbose => eprintln!(
+                "leakbpf: unwind tables for pid {pid}: {described}{}",
+                super::unwind_usage(&mut self.attacher, &mut self.maps)
+            ),
+            Ok(_) => {}
+            Err(_) if !facts::is_alive(pid.get()) => {}
+            Err(err) => eprintln!(
+                "leakbpf: warning: pid {pid}: {:#}",
+                anyhow::Error::from(err)
+            ),
+        }
+    }
+
+    /// Process `pid` has another image: the stack walk forgets the old one's code.
+    fn forget_code(&mut self, pid: NonZeroU32) {
+        if let Err(err) = self.attacher.forget(&mut self.maps, pid.get()) {
+            eprintln!(
+                "leakbpf: warning: pid {pid}: {:#}",
+                anyhow::Error::from(err)
+            );
+        }
     }
 
     /// Where the probes for process `pid` fire.
@@ -202,17 +252,22 @@ impl EventLoop {
             .attacher
             .attach_image(&mut self.maps, Image::Exec(pid), scope)
         {
-            // The processes a build or a test runner starts come by the thousand: their
-            // probes are said with --verbose only.
-            Ok(attachment) if self.started == Some(pid) || self.settings.verbose => {
-                let whom = match facts::facts(pid.get()).executable {
-                    Some(exe) => format!("pid {pid} ({exe})"),
-                    None => format!("pid {pid}"),
-                };
-                eprintln!("{}", attachment.describe(&whom, self.settings.verbose));
+            Ok(attachment) => {
+                // The processes a build or a test runner starts come by the thousand:
+                // their probes are said with --verbose only.
+                if self.started == Some(pid) || self.settings.verbose {
+                    let whom = match facts::facts(pid.get()).executable {
+                        Some(exe) => format!("pid {pid} ({exe})"),
+                        None => format!("pid {pid}"),
+                    };
+                    eprintln!("{}", attachment.describe(&whom, self.settings.verbose));
+                }
+                // The old image's mappings are gone; the new executable and its dynamic
+                // linker are mapped, and the linker's notice brings the rest.
+                self.forget_code(pid);
+                self.describe(pid, Wait::Yes);
                 Ok(())
             }
-            Ok(_) => Ok(()),
             Err(err) if first => {
                 // It must not run untraced.
                 // SAFETY: a signal to our own child, held by ptrace.
@@ -283,6 +338,18 @@ impl EventLoop {
                     }
                     self.exited(pid, None).await?;
                 }
+                // With --all, every process on the system would have its code tabled:
+                // only those reported on are, before their report.
+                Some(EventKind::UnwindMiss | EventKind::LoaderNotice)
+                    if self.settings.mode == Mode::All && !self.registry.contains(pid) =>
+                {
+                    self.discovered(pid).await;
+                }
+                Some(EventKind::UnwindMiss | EventKind::LoaderNotice)
+                    if self.settings.mode != Mode::All && self.registry.contains(pid) =>
+                {
+                    self.describe(pid, Wait::No);
+                }
                 _ => {}
             }
         }
@@ -330,7 +397,10 @@ impl EventLoop {
             .attacher
             .attach_image(&mut self.maps, Image::Exec(pid), scope)
         {
-            Ok(_) => {}
+            Ok(_) => {
+                self.forget_code(pid);
+                self.describe(pid, Wait::No);
+            }
             // Gone already: nothing to follow.
             Err(_) if !facts::is_alive(pid.get()) => {}
             Err(err) => eprintln!(
@@ -356,6 +426,7 @@ impl EventLoop {
         // With one traced process, the kernel's counters are its own and outlive it.
         let forget = self.settings.mode != Mode::One(pid);
         self.registry.remove(pid, forget);
+        self.attacher.forget(&mut self.maps, pid.get())?;
         Ok(())
     }
 
@@ -430,6 +501,12 @@ impl EventLoop {
                 summaries.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
                 summaries.truncate(top);
                 self.output.write_summary(&summaries, is_final)?;
+                // Those reported on get their code tabled: their next stacks are whole.
+                for summary in summaries.iter().filter(|_| !is_final) {
+                    if !self.attacher.describes(summary.pid.get()) {
+                        self.describe(summary.pid, Wait::No);
+                    }
+                }
                 summaries.iter().map(|s| s.pid).collect()
             }
         };
@@ -571,6 +648,14 @@ impl EventLoop {
             );
         }
         Ok(Some(snapshot))
+    }
+}
+
+/// The next table built on the unwinder's thread; never, once it is gone.
+async fn next_table(tables: &mut Option<UnboundedReceiver<FileTable>>) -> Option<FileTable> {
+    match tables {
+        Some(tables) => tables.recv().await,
+        None => std::future::pending().await,
     }
 }
 

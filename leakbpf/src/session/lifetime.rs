@@ -26,6 +26,9 @@ pub enum LifeEvent {
     Exiting(NonZeroU32),
     /// A process is gone; how, when it was a command leakbpf started.
     Exited(NonZeroU32, Option<String>),
+    /// One of those is held with a SIGSTOP on its way, until
+    /// [`Lifetime::resume`] (the agent's own stop, dropped) or [`Lifetime::deliver`].
+    Stopped(NonZeroU32),
 }
 
 /// How the agent learns that targets end.
@@ -67,6 +70,7 @@ impl Lifetime {
                 ChildEvent::Exec => LifeEvent::Exec(pid),
                 ChildEvent::Exiting => LifeEvent::Exiting(pid),
                 ChildEvent::Exited(status) => LifeEvent::Exited(pid, Some(status)),
+                ChildEvent::Stopped => LifeEvent::Stopped(pid),
             }),
         };
         match event {
@@ -79,6 +83,13 @@ impl Lifetime {
     pub fn resume(&self) {
         if let Lifetime::Child(child) = self {
             child.resume();
+        }
+    }
+
+    /// Lets a command held at [`LifeEvent::Stopped`] have its signal.
+    pub fn deliver(&self) {
+        if let Lifetime::Child(child) = self {
+            child.deliver();
         }
     }
 }

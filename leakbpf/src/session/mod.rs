@@ -27,10 +27,11 @@ use self::{
 use crate::{
     analyze::{Plumbing, Sort, Suppressions},
     attach::{self, Attacher, Image, Programs, Scope},
-    kernel::{self, Capacity, LoadSettings, Mode},
+    kernel::{self, Capacity, KernelMaps, LoadSettings, Mode},
     output::{Format, Output},
     serve::{self, Latest, Served},
     symbolize::SymbolizerHandle,
+    unwind::{Unwinder, Wait},
 };
 
 pub enum Target {
@@ -54,6 +55,8 @@ pub struct Settings {
     /// `--http`: where to serve the latest reports.
     pub http: Option<SocketAddr>,
     pub capacity: Capacity,
+    /// Frames walked at most per stack.
+    pub stack_depth: u32,
     pub verbose: bool,
     /// Empty programs instead of the real ones: the benchmark's floor.
     pub floor: bool,
@@ -66,6 +69,15 @@ pub struct Settings {
     pub plumbing: Plumbing,
     /// The table shows allocation plumbing frames too.
     pub show_alloc_frames: bool,
+}
+
+/// The unwind arrays' use, for `--verbose`.
+fn unwind_usage(attacher: &mut Attacher, maps: &mut KernelMaps) -> String {
+    let (used, capacity, bytes) = attacher.unwind_usage(maps);
+    format!(
+        "; {used} of {capacity} rows in use, {:.1} MiB of kernel memory",
+        bytes as f64 / f64::from(1 << 20)
+    )
 }
 
 /// Traces the targets until the run ends; returns what the final reports said.
@@ -150,8 +162,12 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         mode,
         follow_forks: settings.follow_forks,
         fields,
+        stack_depth: settings.stack_depth,
+        held: started,
     })?;
-    let mut attacher = Attacher::new(Programs::new(ebpf), prefix, settings.floor);
+    let (unwinder, tables) =
+        Unwinder::new(&mut maps).context("cannot start the unwind tables' thread")?;
+    let mut attacher = Attacher::new(Programs::new(ebpf), unwinder, prefix, settings.floor);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -198,6 +214,18 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         } else {
             Scope::Process(pid)
         };
+        // Its code's tables before its probes: its first stacks are walked whole.
+        if mode != Mode::All {
+            let described = attacher
+                .describe(&mut maps, pid.get(), Wait::Yes)
+                .with_context(|| format!("pid {pid}"))?;
+            if settings.verbose {
+                eprintln!(
+                    "leakbpf: unwind tables for pid {pid}: {described}{}",
+                    unwind_usage(&mut attacher, &mut maps)
+                );
+            }
+        }
         let attachment = match attacher.attach(&mut maps, probes, scope) {
             Ok(attachment) => attachment,
             Err(_) if !facts::is_alive(pid.get()) => {
@@ -241,6 +269,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         registry: Registry::new(&pids),
         attacher,
         maps,
+        tables: Some(tables),
         output,
         latest,
         symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,

@@ -13,6 +13,10 @@
 //!   mapped. A short-lived command may allocate and exit within microseconds, before the
 //!   agent has read its memory map, and after exit the map is gone: the agent
 //!   symbolizes what is pending, then the child goes on exiting.
+//! - A SIGSTOP on its way to it: the eBPF side stops its main thread with one at the
+//!   dynamic linker's notice that it mapped objects, until the agent has read its new
+//!   mappings; the agent says whether the signal was its own (dropped) or not
+//!   (delivered).
 //!
 //! Every other stop (signals, group stops) is passed straight on.
 
@@ -31,11 +35,23 @@ pub enum ChildEvent {
     Exiting,
     /// Gone, with how it ended.
     Exited(String),
+    /// Stopped with a SIGSTOP on its way, until the agent calls [`TracedChild::resume`]
+    /// (the signal was the agent's own) or [`TracedChild::deliver`].
+    Stopped,
+}
+
+/// What the agent tells a held process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Go on, without the signal it is stopped with, if any.
+    Continue,
+    /// Go on, with the signal.
+    Deliver,
 }
 
 pub struct TracedChild {
     events: async_mpsc::UnboundedReceiver<(NonZeroU32, ChildEvent)>,
-    resume: mpsc::Sender<()>,
+    resume: mpsc::Sender<Resume>,
 }
 
 /// How long a child is held at most, should the agent not answer.
@@ -83,16 +99,22 @@ impl TracedChild {
         self.events.recv().await
     }
 
-    /// Lets the process held at [`ChildEvent::Exec`] run, or the one held at
-    /// [`ChildEvent::Exiting`] finish exiting (one is held at a time).
+    /// Lets the process held at [`ChildEvent::Exec`] run, the one held at
+    /// [`ChildEvent::Exiting`] finish exiting, the one held at [`ChildEvent::Stopped`] go
+    /// on without the signal (one is held at a time).
     pub fn resume(&self) {
-        let _ = self.resume.send(());
+        let _ = self.resume.send(Resume::Continue);
+    }
+
+    /// Lets the process held at [`ChildEvent::Stopped`] have its signal.
+    pub fn deliver(&self) {
+        let _ = self.resume.send(Resume::Deliver);
     }
 }
 
 fn supervise(
     events: &async_mpsc::UnboundedSender<(NonZeroU32, ChildEvent)>,
-    resume: &mpsc::Receiver<()>,
+    resume: &mpsc::Receiver<Resume>,
 ) {
     loop {
         let mut status = 0;
@@ -133,6 +155,15 @@ fn supervise(
         } else if event != 0 {
             // A new child's first stop (SIGTRAP), or its parent's at the fork: go on.
             (libc::PTRACE_CONT, 0)
+        } else if libc::WSTOPSIG(status) == libc::SIGSTOP {
+            send(ChildEvent::Stopped);
+            // Unanswered, it goes on: a lost SIGSTOP costs less than a target left
+            // stopped by the agent.
+            let signal = match resume.recv_timeout(MAX_HOLD) {
+                Ok(Resume::Deliver) => libc::SIGSTOP,
+                _ => 0,
+            };
+            (libc::PTRACE_CONT, signal)
         } else {
             // A signal on its way to the tracee: deliver it.
             (libc::PTRACE_CONT, libc::WSTOPSIG(status))

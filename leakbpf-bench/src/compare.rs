@@ -17,16 +17,16 @@ use devutil::header;
 use crate::{
     machine::Machine,
     provenance, report,
-    results::{self, Collected, Results, ToolResult, WorkloadInfo},
+    results::{self, BuildInfo, Collected, Results, ToolResult, WorkloadInfo},
     scale, session,
     tools::{Tool, Toolbox},
-    workloads::{self, Durations, Workload},
+    workloads::{self, Build, Durations, Workload},
 };
 
 /// Options of the comparison.
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// A smoke run (about 30 s, most of it leakbpf detaching): 1 repetition, short
+    /// A smoke run (about a minute, most of it leakbpf detaching): 1 repetition, short
     /// loops, only baseline, leakbpf and floor, no scale test
     #[arg(long, visible_alias = "smoke")]
     pub quick: bool,
@@ -96,24 +96,38 @@ pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
 
     let mut collected = Collected::default();
     for rep in 0..reps {
+        // The builds of a workload back to back: their difference is the point, so they
+        // share the machine's state as closely as the interleaving allows.
         for workload in Workload::ALL {
-            header(&format!(
-                "repetition {}/{reps}: {}",
-                rep + 1,
-                workload.name()
-            ));
-            for &tool in &tools {
-                if not_run.contains_key(tool.name()) || collected.given_up(tool, workload) {
-                    continue;
+            for &build in workload.builds() {
+                header(&format!(
+                    "repetition {}/{reps}: {} ({})",
+                    rep + 1,
+                    workload.name(),
+                    build.name()
+                ));
+                for &tool in &tools {
+                    let key = (tool, build, workload);
+                    if !planned(tool, build, workload)
+                        || not_run.contains_key(tool.name())
+                        || collected.given_up(key)
+                    {
+                        continue;
+                    }
+                    let dir = runs.join(format!(
+                        "{}-{}-{}-{}",
+                        rep + 1,
+                        build.name(),
+                        workload.name(),
+                        tool.name()
+                    ));
+                    let plan = Run {
+                        key,
+                        durations: &durations,
+                        dir,
+                    };
+                    plan.run(&toolbox, &binaries, &mut collected);
                 }
-                let dir = runs.join(format!("{}-{}-{}", rep + 1, workload.name(), tool.name()));
-                let plan = Run {
-                    tool,
-                    workload,
-                    durations: &durations,
-                    dir,
-                };
-                plan.run(&toolbox, &binaries, &mut collected);
             }
         }
     }
@@ -125,9 +139,10 @@ pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
     };
 
     let tool_results = summarise(&tools, &collected, &not_run, &toolbox);
-    let targets = results::check_targets(&tool_results, agent_scale.as_ref());
+    let added_cost = results::added_costs(&tool_results);
+    let targets = results::check_targets(&tool_results, &added_cost, agent_scale.as_ref());
     let results = Results {
-        schema_version: 1,
+        schema_version: 2,
         command: provenance::command_line(),
         date_utc: provenance::date_utc(),
         quick: args.quick,
@@ -136,8 +151,17 @@ pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
         leakbpf_commit: provenance::commit(root),
         offered_load_msgs_per_s: durations.rate,
         other_cpu_per_s: collected.other_cpu(),
-        workloads: workload_infos(&binaries, &durations),
+        builds: Build::ALL
+            .iter()
+            .map(|b| BuildInfo {
+                name: b.name().to_owned(),
+                description: b.description().to_owned(),
+                flags: b.flags(),
+            })
+            .collect(),
+        workloads: workload_infos(&durations),
         tools: tool_results,
+        added_cost,
         agent_scale,
         agent_scale_note,
         targets,
@@ -166,7 +190,7 @@ fn scale_test(
     }
 }
 
-fn workload_infos(binaries: &workloads::Binaries, durations: &Durations) -> Vec<WorkloadInfo> {
+fn workload_infos(durations: &Durations) -> Vec<WorkloadInfo> {
     Workload::ALL
         .iter()
         .map(|&w| {
@@ -176,16 +200,27 @@ fn workload_infos(binaries: &workloads::Binaries, durations: &Durations) -> Vec<
                 description: w.description().to_owned(),
                 metric: metric.to_owned(),
                 unit: unit.to_owned(),
-                arguments: binaries.command(w, durations).1,
+                arguments: workloads::arguments(w, durations),
+                builds: w.builds().iter().map(|b| b.name().to_owned()).collect(),
             }
         })
         .collect()
 }
 
-/// One run of the interleaving: `tool` on `workload`, its files in `dir`.
+/// Whether `tool` is run on `workload` built as `build`. Without frame pointers the peers
+/// are measured only where a target compares leakbpf with them (malloc_free, chat): their
+/// cost there is what they cost on such programs, though their stacks stop at the first
+/// frame without a frame pointer; every peer on every workload of both builds would double
+/// the full run.
+fn planned(tool: Tool, build: Build, workload: Workload) -> bool {
+    build == Build::FramePointers
+        || matches!(tool, Tool::Baseline | Tool::Leakbpf | Tool::Floor)
+        || matches!(workload, Workload::MallocFree | Workload::Chat)
+}
+
+/// One run of the interleaving: a tool on a workload of a build, its files in `dir`.
 struct Run<'a> {
-    tool: Tool,
-    workload: Workload,
+    key: results::Key,
     durations: &'a Durations,
     dir: PathBuf,
 }
@@ -193,9 +228,9 @@ struct Run<'a> {
 impl Run<'_> {
     /// Measures, with up to [`results::ATTEMPTS`] attempts, into `collected`.
     fn run(&self, toolbox: &Toolbox, binaries: &workloads::Binaries, collected: &mut Collected) {
-        let (tool, workload) = (self.tool, self.workload);
-        let (program, args) = binaries.command(workload, self.durations);
-        let loop_s = loop_seconds(workload, self.durations);
+        let (tool, build, workload) = self.key;
+        let (program, args) = binaries.command(build, workload, self.durations);
+        let loop_s = self.durations.of(workload);
         for attempt in 1..=results::ATTEMPTS {
             let dir = match attempt {
                 1 => self.dir.clone(),
@@ -204,20 +239,20 @@ impl Run<'_> {
             match session::measure(toolbox, tool, &program, &args, loop_s, &dir) {
                 Ok(sample) => {
                     progress(tool, workload, &sample);
-                    collected.add(tool, workload, sample);
+                    collected.add(self.key, sample);
                     return;
                 }
                 Err(e) => {
                     let error = format!("{e:#}").replace('\n', " ");
                     println!("  {:<10} attempt {attempt} FAILED: {error}", tool.name());
-                    collected.attempt_failed(tool, workload, error);
+                    collected.attempt_failed(self.key, error);
                     if attempt < results::ATTEMPTS {
                         thread::sleep(RETRY_PAUSE);
                     }
                 }
             }
         }
-        collected.run_failed(tool, workload);
+        collected.run_failed(self.key);
     }
 }
 
@@ -243,15 +278,6 @@ fn chosen_tools(args: &CompareArgs) -> Result<Vec<Tool>> {
         .collect())
 }
 
-fn loop_seconds(workload: Workload, d: &Durations) -> f64 {
-    match workload {
-        Workload::MallocFree => d.malloc_free,
-        Workload::Mixed => d.mixed,
-        Workload::Chat => d.chat,
-        Workload::ChatFixedLoad => d.fixed_load,
-    }
-}
-
 fn progress(tool: Tool, workload: Workload, sample: &session::Sample) {
     let (metric, _) = workload.metric();
     let value = sample.results.get(metric).copied().unwrap_or(f64::NAN);
@@ -267,6 +293,12 @@ fn progress(tool: Tool, workload: Workload, sample: &session::Sample) {
             agent.cpu_s, agent.peak_rss_mb
         ));
     }
+    if let Some(tables) = sample.unwind_tables {
+        line.push_str(&format!(
+            "  tables: {} objects, {} rows in {} ms, {} MiB",
+            tables.objects, tables.rows, tables.build_ms, tables.kernel_map_mib
+        ));
+    }
     println!("{line}");
 }
 
@@ -276,24 +308,52 @@ fn summarise(
     not_run: &BTreeMap<&str, String>,
     toolbox: &Toolbox,
 ) -> Vec<ToolResult> {
-    let baselines: BTreeMap<&str, _> = Workload::ALL
+    let cases: Vec<(Build, Workload)> = Workload::ALL
         .iter()
-        .map(|&w| (w.name(), collected.summarise(Tool::Baseline, w, None)))
+        .flat_map(|&w| w.builds().iter().map(move |&b| (b, w)))
+        .collect();
+    let baselines: BTreeMap<(Build, Workload), _> = cases
+        .iter()
+        .filter_map(|&(b, w)| Some(((b, w), collected.summarise((Tool::Baseline, b, w), None)?)))
         .collect();
     tools
         .iter()
-        .map(|&tool| ToolResult {
-            tool: tool.name().to_owned(),
-            command: tool.command_line().to_owned(),
-            version: toolbox.version(tool),
-            not_run: not_run.get(tool.name()).cloned(),
-            workloads: Workload::ALL
-                .iter()
-                .map(|&w| {
-                    let base = baselines.get(w.name());
-                    (w.name().to_owned(), collected.summarise(tool, w, base))
-                })
-                .collect(),
+        .map(|&tool| {
+            let mut builds: BTreeMap<String, BTreeMap<String, _>> = BTreeMap::new();
+            for &(b, w) in &cases {
+                if let Some(result) = collected.summarise((tool, b, w), baselines.get(&(b, w))) {
+                    builds
+                        .entry(b.name().to_owned())
+                        .or_default()
+                        .insert(w.name().to_owned(), result);
+                }
+            }
+            ToolResult {
+                tool: tool.name().to_owned(),
+                command: tool.command_line().to_owned(),
+                version: toolbox.version(tool),
+                not_run: not_run.get(tool.name()).cloned(),
+                builds,
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_run_without_frame_pointers_only_where_a_target_needs_them() {
+        let nofp = Build::NoFramePointers;
+        for workload in Workload::ALL {
+            assert!(planned(Tool::Leakbpf, nofp, workload));
+            assert!(planned(Tool::Floor, nofp, workload));
+            assert!(planned(Tool::Valgrind, Build::FramePointers, workload));
+        }
+        assert!(planned(Tool::Memleak, nofp, Workload::Chat));
+        assert!(planned(Tool::Bpftrace, nofp, Workload::MallocFree));
+        assert!(!planned(Tool::Memleak, nofp, Workload::Mixed));
+        assert!(!planned(Tool::Heaptrack, nofp, Workload::MallocFreeDeep));
+    }
 }

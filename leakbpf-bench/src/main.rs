@@ -21,6 +21,7 @@ mod session;
 mod soak;
 mod stats;
 mod tools;
+mod unwind_tables;
 mod workloads;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
-    results::{Results, ToolResult, WorkloadResult, num},
+    results::{Results, ToolResult, num},
     stats::Summary,
-    workloads::Workload,
+    workloads::{Build, Workload},
 };
 
 /// A part of the docs that a run's results replace: the text between two markers.
@@ -28,7 +28,8 @@ const BENCHMARKS: DocBlock = DocBlock {
     title: "leakbpf benchmarks",
 };
 
-/// The markdown report: machine, tables, targets, tools not run.
+/// The markdown report: machine, the cost per build, each build's tables, targets,
+/// tools not run.
 pub fn markdown(results: &Results) -> String {
     let mut md = String::new();
     let runs = if results.repetitions == 1 {
@@ -62,9 +63,26 @@ pub fn markdown(results: &Results) -> String {
             results.machine.cores
         );
     }
-    main_table(&mut md, results);
-    fixed_load_table(&mut md, results);
-    agent_table(&mut md, results);
+    md.push_str("Builds, each workload compiled twice from the same source at -O2:\n\n");
+    for build in &results.builds {
+        let _ = writeln!(
+            md,
+            "- {}: {}, `{}`",
+            build.name, build.description, build.flags
+        );
+    }
+    md.push_str(
+        "\nOn nofp the peers run on malloc/free and chat only; malloc_free_deep runs on nofp \
+         only.\n\n",
+    );
+    cost_table(&mut md, results);
+    unwind_table(&mut md, results);
+    for build in Build::ALL {
+        let _ = writeln!(md, "### {} build ({})\n", build.name(), build.description());
+        main_table(&mut md, results, build);
+        fixed_load_table(&mut md, results, build);
+        agent_table(&mut md, results, build);
+    }
     scale_table(&mut md, results);
     targets(&mut md, results);
     tools(&mut md, results);
@@ -85,36 +103,104 @@ fn ratio(r: Option<f64>) -> String {
     r.map_or("—".to_owned(), |r| format!("×{}", num(r)))
 }
 
-fn workload(tool: &ToolResult, w: Workload) -> Option<&WorkloadResult> {
-    tool.workloads.get(w.name())
+/// A whole number, with [`num`]'s grouping.
+fn count(x: f64) -> String {
+    if x.abs() >= 1000.0 {
+        num(x)
+    } else {
+        format!("{x:.0}")
+    }
 }
 
-/// What a tool with no number for `w` shows instead.
-fn missing(tool: &ToolResult, w: Workload) -> Option<&'static str> {
+fn figure(x: Option<f64>) -> String {
+    x.map_or("—".to_owned(), num)
+}
+
+/// What a tool with no number for `w` of `build` shows instead.
+fn missing(tool: &ToolResult, build: Build, w: Workload) -> Option<&'static str> {
     if tool.not_run.is_some() {
         Some("not run")
-    } else if workload(tool, w).is_some_and(|r| r.value.is_none() && r.failed_runs > 0) {
+    } else if tool
+        .result(build, w)
+        .is_some_and(|r| r.value.is_none() && r.failed_runs > 0)
+    {
         Some("failed")
     } else {
         None
     }
 }
 
-fn main_table(md: &mut String, results: &Results) {
+/// Whether `tool` was run on anything of `build`.
+fn ran_on(tool: &ToolResult, build: Build) -> bool {
+    tool.not_run.is_some() || tool.builds.contains_key(build.name())
+}
+
+/// Each tool's added cost on each build: what the issue's targets are about.
+fn cost_table(md: &mut String, results: &Results) {
+    md.push_str(
+        "Added cost per build (the tool's median minus that build's baseline's, same run):\n\n\
+         | tool | build | ns per malloc/free pair | ns per pair, 64-deep stack | chat µs per \
+         message |\n|---|---|--:|--:|--:|\n",
+    );
+    for cost in &results.added_cost {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            cost.tool,
+            cost.build,
+            figure(cost.ns_per_pair),
+            figure(cost.deep_stack_ns_per_pair),
+            figure(cost.chat_us_per_msg),
+        );
+    }
+    md.push('\n');
+}
+
+/// leakbpf's unwind tables for each workload's process, as its --verbose says.
+fn unwind_table(md: &mut String, results: &Results) {
+    let Some(leakbpf) = results.tools.iter().find(|t| t.tool == "leakbpf") else {
+        return;
+    };
+    md.push_str(
+        "leakbpf's unwind tables for the workload's process, from its `--verbose` line: \
+         objects tabled, their rows, the time from reading its mappings to the kernel knowing \
+         them, and the kernel memory of the unwind arrays (allocated whole at load).\n\n\
+         | build | workload | objects | rows | built in ms | kernel map MiB |\n\
+         |---|---|--:|--:|--:|--:|\n",
+    );
+    for (build, workloads) in &leakbpf.builds {
+        for (workload, result) in workloads {
+            let Some(t) = &result.unwind_tables else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {build} | {workload} | {} | {} | {} | {} |",
+                count(t.objects.median),
+                count(t.rows.median),
+                cell(Some(&t.build_ms)),
+                num(t.kernel_map_mib.median),
+            );
+        }
+    }
+    md.push('\n');
+}
+
+fn main_table(md: &mut String, results: &Results, build: Build) {
     md.push_str(
         "| tool | malloc/free ns per pair | × baseline | mixed ns per round | × baseline \
          | chat messages/s | × baseline | agent CPU s | agent peak RSS MB |\n\
          |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
-    for tool in &results.tools {
+    for tool in results.tools.iter().filter(|t| ran_on(t, build)) {
         let mut row = format!("| {} ", tool.tool);
         for w in [Workload::MallocFree, Workload::Mixed, Workload::Chat] {
-            match missing(tool, w) {
+            match missing(tool, build, w) {
                 Some(why) => {
                     let _ = write!(row, "| {why} | ");
                 }
                 None => {
-                    let r = workload(tool, w);
+                    let r = tool.result(build, w);
                     let _ = write!(
                         row,
                         "| {} | {} ",
@@ -124,7 +210,7 @@ fn main_table(md: &mut String, results: &Results) {
                 }
             }
         }
-        let chat = workload(tool, Workload::Chat);
+        let chat = tool.result(build, Workload::Chat);
         let _ = writeln!(
             row,
             "| {} | {} |",
@@ -150,7 +236,7 @@ fn agent_cell(tool: &ToolResult, summary: Option<&Summary>) -> String {
     }
 }
 
-fn fixed_load_table(md: &mut String, results: &Results) {
+fn fixed_load_table(md: &mut String, results: &Results, build: Build) {
     let _ = writeln!(
         md,
         "Production view: the chat server at a fixed offered load of {} messages/s. Target \
@@ -162,45 +248,57 @@ fn fixed_load_table(md: &mut String, results: &Results) {
         "| tool | achieved messages/s | target CPU-s/s | extra target CPU-s/s | agent CPU-s/s |\n\
          |---|--:|--:|--:|--:|\n",
     );
+    let w = Workload::ChatFixedLoad;
     for tool in &results.tools {
-        let w = Workload::ChatFixedLoad;
-        if let Some(why) = missing(tool, w) {
+        if let Some(why) = missing(tool, build, w) {
             let _ = writeln!(md, "| {} | {why} | | | |", tool.tool);
             continue;
         }
-        let r = workload(tool, w);
-        let extra = r.and_then(|r| r.extra_target_cpu_per_s);
+        let Some(r) = tool.result(build, w) else {
+            continue;
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} |",
             tool.tool,
-            cell(r.and_then(|r| r.value.as_ref())),
-            cell(r.and_then(|r| r.target_cpu_per_s.as_ref())),
-            extra.map_or("—".to_owned(), |e| format!("{e:+.3}")),
-            agent_cell(tool, r.and_then(|r| r.agent_loop_cpu_per_s.as_ref())),
+            cell(r.value.as_ref()),
+            cell(r.target_cpu_per_s.as_ref()),
+            r.extra_target_cpu_per_s
+                .map_or("—".to_owned(), |e| format!("{e:+.3}")),
+            agent_cell(tool, r.agent_loop_cpu_per_s.as_ref()),
         );
     }
     md.push('\n');
 }
 
-fn agent_table(md: &mut String, results: &Results) {
+fn agent_table(md: &mut String, results: &Results, build: Build) {
+    const COLUMNS: [Workload; 4] = [
+        Workload::MallocFree,
+        Workload::Mixed,
+        Workload::Chat,
+        Workload::ChatFixedLoad,
+    ];
     md.push_str(
         "Agent cost per workload: CPU s from the tool's start to the end of the timed loop / \
          peak RSS MB (medians).\n\n| tool | malloc/free | mixed | chat | chat, fixed load |\n\
          |---|--:|--:|--:|--:|\n",
     );
-    for tool in results.tools.iter().filter(|t| t.tool != "baseline") {
+    for tool in results
+        .tools
+        .iter()
+        .filter(|t| t.tool != "baseline" && ran_on(t, build))
+    {
         let mut row = format!("| {} ", tool.tool);
-        for w in Workload::ALL {
-            let r = workload(tool, w);
+        for w in COLUMNS {
+            let r = tool.result(build, w);
             let median = |s: Option<&Summary>| s.map(|s| num(s.median));
             let text = match (
                 median(r.and_then(|r| r.agent_cpu_s.as_ref())),
                 median(r.and_then(|r| r.agent_peak_rss_mb.as_ref())),
             ) {
                 (Some(cpu), Some(rss)) => format!("{cpu} s / {rss} MB"),
-                _ => missing(tool, w)
-                    .unwrap_or(if tool.tool == "valgrind" {
+                _ => missing(tool, build, w)
+                    .unwrap_or(if tool.tool == "valgrind" && r.is_some() {
                         "in target"
                     } else {
                         "—"
@@ -271,15 +369,17 @@ fn tools(md: &mut String, results: &Results) {
             None => String::new(),
         };
         let _ = writeln!(md, "- {}: `{}`{version}{status}", tool.tool, tool.command);
-        for (name, w) in &tool.workloads {
-            if let Some(last) = w.failed_attempts.last() {
-                let _ = writeln!(
-                    md,
-                    "  - on {name}: **{} failed attempt(s)**, {} run(s) lost; the last error: \
-                     {last}",
-                    w.failed_attempts.len(),
-                    w.failed_runs
-                );
+        for (build, workloads) in &tool.builds {
+            for (name, w) in workloads {
+                if let Some(last) = w.failed_attempts.last() {
+                    let _ = writeln!(
+                        md,
+                        "  - on {name} ({build}): **{} failed attempt(s)**, {} run(s) lost; the \
+                         last error: {last}",
+                        w.failed_attempts.len(),
+                        w.failed_runs
+                    );
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ use crate::{
     process::{self, WorkloadProc},
     procinfo,
     tools::{Mode, Tool, Toolbox},
+    unwind_tables::{self, UnwindTables},
 };
 
 /// Time limits: start-up (BCC compiles its program), and the end of a run beyond its
@@ -39,6 +40,8 @@ pub struct Sample {
     /// CPU seconds per second the rest of the machine used during the timed loop: the
     /// noise, other processes and the kernel's work on behalf of none of the two.
     pub other_cpu_per_s: f64,
+    /// leakbpf's unwind tables for the workload, from its `--verbose` log.
+    pub unwind_tables: Option<UnwindTables>,
 }
 
 /// Runs `program args` under `tool`, its files in `dir`; `loop_s` is the timed loop.
@@ -124,6 +127,13 @@ pub fn measure(
         }),
         _ => None,
     };
+    let unwind_tables = if tool == Tool::Leakbpf {
+        let log = fs::read_to_string(&tool_log)
+            .with_context(|| format!("cannot read {}", tool_log.display()))?;
+        Some(unwind_tables::first_in(&log)?)
+    } else {
+        None
+    };
     let agent_loop = agent.map_or(0.0, |a| a.loop_cpu_s);
     let other = busy_after - busy_before - (cpu_after - cpu_before) - agent_loop;
     Ok(Sample {
@@ -131,5 +141,6 @@ pub fn measure(
         target_cpu_per_s: (cpu_after - cpu_before) / wall,
         agent,
         other_cpu_per_s: (other / wall).max(0.0),
+        unwind_tables,
     })
 }

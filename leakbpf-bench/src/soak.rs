@@ -207,6 +207,7 @@ pub fn run(root: &Path, agent: &Path, minutes: u64) -> Result<()> {
             target: "no allocation, call site or call dropped".to_owned(),
             pass: Some(dropped == 0),
             detail: format!("counters.dropped_* of the final report: {dropped}"),
+            ratio: None,
         },
     ];
     let results = SoakResults {
@@ -360,11 +361,13 @@ fn flat_check(what: &str, flat: Option<&Flatness>, slack: f64) -> TargetCheck {
                 num(f.first_half_max),
                 num(f.limit)
             ),
+            ratio: None,
         },
         None => TargetCheck {
             target,
             pass: None,
             detail: "fewer than two samples after the warm-up".to_owned(),
+            ratio: None,
         },
     }
 }
@@ -430,11 +433,13 @@ fn truth_check(truth: &Truth, reported: Option<&Reported>) -> TargetCheck {
                 "leakbpf: {} allocations, {} B (rank {}); {own}",
                 r.allocations, r.bytes, r.rank
             ),
+            ratio: None,
         },
         None => TargetCheck {
             target,
             pass: Some(false),
             detail: format!("no call site at {LEAK_FUNCTION} in the final report; {own}"),
+            ratio: None,
         },
     }
 }

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// One column of the comparison.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tool {
     Baseline,
     Leakbpf,
@@ -90,7 +90,7 @@ impl Tool {
     pub fn command_line(self) -> &'static str {
         match self {
             Tool::Baseline => "PROGRAM ARGS",
-            Tool::Leakbpf => "target/release/leakbpf --pid PID --interval 1s",
+            Tool::Leakbpf => "target/release/leakbpf --pid PID --interval 1s --verbose",
             Tool::Floor => "target/release/leakbpf --floor --pid PID --interval 1s",
             Tool::Memleak => "memleak-bpfcc -p PID 1 (run by leakbpf-bench/peers/memleak_shim.py)",
             Tool::Bpftrace => {
@@ -152,7 +152,10 @@ impl Toolbox {
     /// The tool's version, when a package tells it.
     pub fn version(&self, tool: Tool) -> Option<String> {
         if matches!(tool, Tool::Leakbpf | Tool::Floor) {
-            return try_output(Command::new(&self.agent).arg("--version"));
+            // Its first line: the others tell of this machine's kernel, in the report's
+            // machine line already.
+            return try_output(Command::new(&self.agent).arg("--version"))
+                .and_then(|v| v.lines().next().map(str::to_owned));
         }
         let package = tool.package()?;
         try_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
@@ -166,10 +169,15 @@ impl Toolbox {
         let cmd = match tool {
             Tool::Leakbpf | Tool::Floor => {
                 let mut cmd = Command::new(&self.agent);
-                if tool == Tool::Floor {
-                    cmd.arg("--floor");
-                }
                 cmd.args(["--pid", &pid_arg, "--interval", "1s"]);
+                // The floor's probes are empty, so only leakbpf's tables are of interest:
+                // --verbose prints their figures (crate::unwind_tables). It changes
+                // nothing on the probes' path.
+                cmd.arg(if tool == Tool::Floor {
+                    "--floor"
+                } else {
+                    "--verbose"
+                });
                 cmd
             }
             Tool::Memleak => {

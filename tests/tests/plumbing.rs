@@ -5,8 +5,7 @@
 //! allocates through Debian's GLib (no frame pointers in either), with no flag.
 
 use leakbpf_tests::{
-    CONTAINERS_GROWTH, GLIB_STRINGS, Report, Traced, WRAPPERS, require_root, sum, trace,
-    trace_pid,
+    CONTAINERS_GROWTH, GLIB_STRINGS, Report, Traced, WRAPPERS, require_root, sum, trace, trace_pid,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");

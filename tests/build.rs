@@ -47,7 +47,7 @@ const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
 const DLOPEN_TARGETS: [&str; 1] = ["dlopen_leaker"];
 /// The same programs as distributions build them: without frame pointers; and a chain of
 /// functions built only that way.
-const NOFP_TARGETS: [&str; 10] = [
+const NOFP_TARGETS: [&str; 11] = [
     "leaker_nofp",
     "threads_nofp",
     "forker_nofp",
@@ -58,6 +58,7 @@ const NOFP_TARGETS: [&str; 10] = [
     "jemalloc_linked_nofp",
     "tcmalloc_new_nofp",
     "call_chain",
+    "glib_strings",
 ];
 /// rust_leaker built for musl, statically, with and without frame pointers: only when
 /// rustc has that target's standard library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL`

@@ -505,11 +505,21 @@ pub struct ProcessMappings {
     pub mappings: [Mapping; MAX_MAPPINGS],
 }
 
+/// The registers an entry program reads arguments from, in the order of the System V
+/// calling convention: `rdi`, `rsi`, `rdx`, `rcx`.
+pub const ARGUMENT_REGISTERS: usize = 4;
+
 /// The attach cookie of an entry probe: which [`AllocKind`] the probed function is (bits
 /// 0-7), and the unwind rule of the probed instruction (`first_frame`), which the stack
 /// walk starts with: its kind (bits 8-15, 0 for none), CFA offset (16-31), rbp offset
 /// (32-47) and flags (48-55). A rule whose CFA offset does not fit is left out.
-pub const fn cookie_for(kind: AllocKind, first_frame: Option<UnwindRule>) -> u64 {
+///
+/// A probe placed after a prologue's moves may find an argument in another register
+/// (mimalloc's `malloc` moves its size from `rdi` to `rsi` before its first branch):
+/// `moved` (bits 56-61) holds, two bits per argument, the index of its register among
+/// [`ARGUMENT_REGISTERS`] XOR its own index, so 0 is every argument where the call put
+/// it.
+pub const fn cookie_for(kind: AllocKind, first_frame: Option<UnwindRule>, moved: u8) -> u64 {
     let rule = match first_frame {
         Some(rule) if rule.cfa_offset >= 0 && rule.cfa_offset <= u16::MAX as i32 => {
             (rule.kind as u64) << 8
@@ -519,7 +529,24 @@ pub const fn cookie_for(kind: AllocKind, first_frame: Option<UnwindRule>) -> u64
         }
         _ => 0,
     };
-    kind as u64 | rule
+    kind as u64 | rule | ((moved & 0x3f) as u64) << 56
+}
+
+/// Which of [`ARGUMENT_REGISTERS`] holds `argument` (0-2) at an entry probe.
+pub const fn cookie_register(cookie: u64, argument: usize) -> usize {
+    (argument ^ (cookie >> (56 + 2 * argument)) as usize) & 3
+}
+
+/// The `moved` of [`cookie_for`] for argument registers `registers` (indexes among
+/// [`ARGUMENT_REGISTERS`], one per argument).
+pub const fn moved_arguments(registers: [u8; 3]) -> u8 {
+    let mut moved = 0;
+    let mut argument = 0;
+    while argument < 3 {
+        moved |= ((registers[argument] ^ argument as u8) & 3) << (2 * argument);
+        argument += 1;
+    }
+    moved
 }
 
 /// The [`AllocKind`] in an entry probe's cookie.
@@ -624,7 +651,7 @@ mod tests {
         ];
         for kind in AllocKind::ALL {
             for rule in rules {
-                let cookie = cookie_for(kind, rule);
+                let cookie = cookie_for(kind, rule, 0);
                 assert_eq!(cookie_kind(cookie), Some(kind));
                 assert_eq!(cookie_rule(cookie), rule);
             }
@@ -641,9 +668,28 @@ mod tests {
                 kind: CfaKind::Rsp as u8,
                 flags: 0,
             };
-            let cookie = cookie_for(AllocKind::Calloc, Some(rule));
+            let cookie = cookie_for(AllocKind::Calloc, Some(rule), 0);
             assert_eq!(cookie_kind(cookie), Some(AllocKind::Calloc));
             assert_eq!(cookie_rule(cookie), None);
         }
+    }
+
+    #[test]
+    fn moved_arguments_round_trip_through_cookie() {
+        let rule = Some(UnwindRule {
+            cfa_offset: 8,
+            rbp_offset: 0,
+            kind: CfaKind::Rsp as u8,
+            flags: 0,
+        });
+        for registers in [[0, 1, 2], [1, 1, 2], [1, 0, 3], [3, 2, 1]] {
+            let cookie = cookie_for(AllocKind::Realloc, rule, moved_arguments(registers));
+            assert_eq!(cookie_kind(cookie), Some(AllocKind::Realloc));
+            assert_eq!(cookie_rule(cookie), rule);
+            for (argument, &register) in registers.iter().enumerate() {
+                assert_eq!(cookie_register(cookie, argument), register as usize);
+            }
+        }
+        assert_eq!(moved_arguments([0, 1, 2]), 0, "unmoved is no bit");
     }
 }

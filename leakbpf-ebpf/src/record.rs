@@ -17,7 +17,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
-use leakbpf_common::{AllocInfo, AllocKey, AllocKind, Counter, Pending, Setting, cookie_kind};
+use leakbpf_common::{
+    ARGUMENT_REGISTERS, AllocInfo, AllocKey, AllocKind, Counter, Pending, Setting, cookie_kind,
+    cookie_register,
+};
 
 use crate::{
     calls,
@@ -54,18 +57,27 @@ fn read_call(ctx: &ProbeContext) -> Option<(AllocKind, Option<u64>, u64)> {
     // SAFETY: the helper only reads the program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let kind = cookie_kind(cookie)?;
-    // All three at once, each a volatile read of its register: reads chosen per kind may
+    // All four at once, each a volatile read of its register: reads chosen per kind may
     // be merged by the compiler into one read at a computed offset of the context, which
     // the verifier refuses.
     // SAFETY: the probe's own registers, valid for the program's run.
-    let args = unsafe {
+    let registers: [u64; ARGUMENT_REGISTERS] = unsafe {
         let regs = ctx.regs;
         [
             core::ptr::read_volatile(&(*regs).rdi),
             core::ptr::read_volatile(&(*regs).rsi),
             core::ptr::read_volatile(&(*regs).rdx),
+            core::ptr::read_volatile(&(*regs).rcx),
         ]
     };
+    // Where placement found each argument, past the prologue's moves.
+    let argument = |index: usize| match cookie_register(cookie, index) {
+        0 => registers[0],
+        1 => registers[1],
+        2 => registers[2],
+        _ => registers[3],
+    };
+    let args = [argument(0), argument(1), argument(2)];
     let (size, arg_ptr) = match kind {
         AllocKind::Malloc => (Some(args[0]), 0),
         AllocKind::Calloc => (product(args[0], args[1]), 0),

@@ -1,10 +1,11 @@
 //! Allocation plumbing folded: a call site is shown at the first frame outside it, and
 //! stacks that differ only inside it are one site. Rust's is checked in rust_leaker.rs;
-//! here a program's own wrapper, named by `--alloc-fn`, and the same run without it; and
-//! C++ containers that grow through libstdc++'s templates, with no flag.
+//! here a program's own wrapper, named by `--alloc-fn`, and the same run without it;
+//! C++ containers that grow through libstdc++'s templates, and a C program that
+//! allocates through Debian's GLib (no frame pointers in either), with no flag.
 
 use leakbpf_tests::{
-    CONTAINERS_GROWTH, Report, Traced, WRAPPERS, require_root, sum, trace, trace_pid,
+    CONTAINERS_GROWTH, GLIB_STRINGS, Report, Traced, WRAPPERS, require_root, sum, trace, trace_pid,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -104,4 +105,32 @@ fn cxx_container_growth_is_reported_at_the_function_that_grew_it() {
             report.describe()
         );
     }
+}
+
+#[test]
+fn glib_allocations_are_reported_at_the_function_that_called_glib() {
+    require_root();
+    let run = trace_pid(LEAKBPF, GLIB_STRINGS, &[], &["--top", "1000"]);
+    let report = run.final_report();
+    for (function, through) in [("leak_names", "g_strdup"), ("leak_buffers", "g_malloc0")] {
+        let truth = run.truth.truth(function);
+        assert_eq!(
+            at_site(report, function),
+            (truth.bytes, truth.count),
+            "through {through} at {function}:\n{}",
+            report.describe()
+        );
+        for site in report.sites_where(|site| site.site() == Some(function)) {
+            // Unwound through libglib's frames, which have no frame pointers: GLib's
+            // function, then the program's, then its main.
+            assert_eq!(site.function(0), Some(through), "{:?}", site.names());
+            assert_eq!(
+                site.chain_between(function, "main"),
+                Some(vec![function, "main"]),
+                "{:?}",
+                site.names()
+            );
+        }
+    }
+    assert_eq!(at_site(report, "churn"), (0, 0), "{}", report.describe());
 }

@@ -30,7 +30,8 @@ use devutil::{clear_build_env, ensure_packages, is_debian, try_output, which};
 /// compiler (musl-tools) for the C in `cargo xtask dist`'s static build; valgrind, whose
 /// stacks the unwinding tests compare with leakbpf's, and the real Debian programs they
 /// trace (perl, python3.11: built without frame pointers, their allocations through
-/// wrappers).
+/// wrappers); GLib's headers (libglib2.0-dev, pkg-config) for a target that allocates
+/// through Debian's libglib.
 const BASE_PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -48,6 +49,8 @@ const BASE_PACKAGES: &[&str] = &[
     "valgrind",
     "perl",
     "python3.11",
+    "libglib2.0-dev",
+    "pkg-config",
 ];
 /// Commands standing for [`BASE_PACKAGES`] on machines without dpkg.
 const BASE_COMMANDS: &[&str] = &[
@@ -64,6 +67,7 @@ const BASE_COMMANDS: &[&str] = &[
     "valgrind",
     "perl",
     "python3.11",
+    "pkg-config",
 ];
 /// The Debian route's compiler, standard library sources, clippy and LLVM for `bpf-linker`.
 const DEBIAN_EBPF_PACKAGES: &[&str] = &[

@@ -134,6 +134,9 @@ pub struct Probe {
     pub object: MappedObject,
     /// The probe's position from the function's start (see [`placement`]).
     pub offset: u64,
+    /// Where the first three arguments are there: indexes into `rdi`, `rsi`, `rdx`,
+    /// `rcx` (see [`placement::Placement`]).
+    pub arguments: [u8; 3],
     /// The probed instruction's offset in the object file.
     pub file_offset: u64,
     /// The probed instruction's address in the object's own numbering.
@@ -158,7 +161,19 @@ impl fmt::Display for Probe {
             self.offset,
             self.object.path.display(),
             self.file_offset
-        )
+        )?;
+        let moved: Vec<String> = (0..self.arguments.len())
+            .filter(|&index| usize::from(self.arguments[index]) != index)
+            .map(|index| {
+                let register = placement::register_name(self.arguments[index]);
+                format!("argument {} in {register}", index + 1)
+            })
+            .collect();
+        if moved.is_empty() {
+            Ok(())
+        } else {
+            write!(f, ", {}", moved.join(", "))
+        }
     }
 }
 
@@ -242,12 +257,14 @@ pub fn plan(objects: &[MappedObject], prefix: Option<&str>) -> Result<Vec<Probe>
                 // Reads no argument: stops the thread for the agent.
                 Probed::LoaderNotice => Role::Entry(0),
             };
-            let offset = placement::probe_offset(&function.prologue, role);
+            let placement = placement::probe_offset(&function.prologue, role);
+            let offset = placement.offset;
             probes.push(Probe {
                 symbols: vec![name.clone()],
                 probed: *probed,
                 object: object.clone(),
                 offset,
+                arguments: placement.registers,
                 file_offset: function.file_offset + offset,
                 address: function.address + offset,
                 first_frame: None,

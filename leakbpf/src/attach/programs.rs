@@ -15,7 +15,7 @@ use aya::{
     },
 };
 use leakbpf_common::{
-    cookie_for,
+    cookie_for, moved_arguments,
     program_names::{
         ALLOC_ENTER, ALLOC_EXIT, DELETE_ENTER, FLOOR_ENTER, FLOOR_EXIT, FREE_ENTER, LOADER_NOTICE,
         PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK,
@@ -146,7 +146,13 @@ impl Programs {
         let mut attached = Vec::new();
         for probe in probes {
             let (entry, cookie) = match probe.probed {
-                Probed::Alloc(kind) => (ALLOC_ENTER, Some(cookie_for(kind, probe.first_frame))),
+                Probed::Alloc(kind) => {
+                    let moved = moved_arguments(probe.arguments);
+                    (
+                        ALLOC_ENTER,
+                        Some(cookie_for(kind, probe.first_frame, moved)),
+                    )
+                }
                 Probed::Free => (FREE_ENTER, None),
                 Probed::Delete => (DELETE_ENTER, None),
                 // Left out of the stacks by the walk instead (see `plan::wrappers`).

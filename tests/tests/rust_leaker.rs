@@ -44,7 +44,7 @@ fn rust_boxes_and_vec_leaks_without_frame_pointers() {
 const RUST_LEAKER_CRATE: &str = "rust_leaker";
 /// The frees rust_leaker's default churn makes.
 const FULL_CHURN: u64 = 750_000;
-/// Churn rounds on the statically linked allocators, whose `malloc` the kernel
+/// Churn rounds on the statically linked allocators, some of whose entry points the kernel
 /// single-steps (about 10 µs a probe), and the frees they make.
 const SHORT_ROUNDS: &str = "20000";
 const SHORT_CHURN: u64 = 60_000;

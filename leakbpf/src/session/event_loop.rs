@@ -14,7 +14,7 @@ use aya::maps::{MapData, RingBuf};
 use leakbpf_common::{Event, EventKind};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::mpsc::UnboundedReceiver,
     time::{Instant, MissedTickBehavior},
 };
@@ -83,6 +83,23 @@ impl Verdicts {
     }
 }
 
+/// The signals that end a run: listened to from before the probes are attached, so one
+/// that comes during the attach is not lost (nor kills the agent).
+pub struct Stop {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Stop {
+    /// Must run inside the runtime.
+    pub fn listen() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+}
+
 pub struct EventLoop {
     pub settings: LoopSettings,
     pub registry: Registry,
@@ -106,12 +123,19 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Runs until the end; returns what the final reports said.
-    pub async fn run(mut self, mut lifetime: Lifetime, logger: Option<Logger>) -> Result<Verdicts> {
+    pub async fn run(
+        mut self,
+        mut lifetime: Lifetime,
+        logger: Option<Logger>,
+        stop: Stop,
+    ) -> Result<Verdicts> {
         let interval = self.settings.interval;
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let Stop {
+            mut interrupt,
+            mut terminate,
+        } = stop;
         let mut events = match self.maps.take_events() {
             Some(ring) => Some(fd::poll(ring).context("cannot poll the event ring")?),
             None => None,

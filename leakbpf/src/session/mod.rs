@@ -172,6 +172,12 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         .enable_all()
         .build()
         .context("cannot start the agent's runtime")?;
+    // Before any probe is attached: a Ctrl-C from then on ends the run with its final
+    // report instead of killing the agent.
+    let stop = {
+        let _entered = runtime.enter();
+        event_loop::Stop::listen()?
+    };
     let latest = match listener {
         Some(listener) => {
             let latest = Latest::default();
@@ -279,5 +285,5 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         verdicts: Verdicts::default(),
     };
     // Every probe detaches when the loop, which owns the attacher, is dropped.
-    runtime.block_on(event_loop.run(lifetime, logger))
+    runtime.block_on(event_loop.run(lifetime, logger, stop))
 }

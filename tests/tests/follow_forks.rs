@@ -10,9 +10,9 @@
 use std::collections::BTreeSet;
 
 use leakbpf_tests::{
-    FORKER, Report, START_UP_ALLOCATIONS, TargetOutput, Traced, Truth, assert_churn_freed,
-    assert_nothing_dropped, check_reports, final_report_of, require_root, sum, trace_pid,
-    trace_spawn,
+    FORKER, FORKER_NOFP, Report, START_UP_ALLOCATIONS, TargetOutput, Traced, Truth,
+    assert_churn_freed, assert_nothing_dropped, check_reports, final_report_of, require_root, sum,
+    trace_pid, trace_spawn,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -298,6 +298,17 @@ fn follow_forks_from_spawn_reports_each_descendant_apart() {
     require_root();
     let run = trace_spawn(LEAKBPF, FORKER, &FORKER_ARGS, &OPTIONS);
     assert_tree(&run.reports, &run.truth, Traced::FromSpawn);
+}
+
+/// The same tree built without frame pointers: each process's stacks from the unwind
+/// tables of its own image (the exec'd children's new one included).
+#[test]
+fn follow_forks_without_frame_pointers_reports_each_descendant_apart() {
+    require_root();
+    let run = trace_spawn(LEAKBPF, FORKER_NOFP, &FORKER_ARGS, &OPTIONS);
+    assert_tree(&run.reports, &run.truth, Traced::FromSpawn);
+    let run = trace_pid(LEAKBPF, FORKER_NOFP, &FORKER_ARGS, &OPTIONS);
+    assert_tree(&run.reports, &run.truth, Traced::ByPid);
 }
 
 /// Without --follow-forks: reports on the parent alone, with its figures alone.

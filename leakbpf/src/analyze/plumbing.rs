@@ -164,22 +164,39 @@ pub fn site_frame(frames: &[Frame]) -> usize {
         .unwrap_or(frames.len().saturating_sub(1))
 }
 
-/// Sites whose stacks are the same from their site frame on become one, under the
-/// smallest stack id among them.
+/// What makes two frames the same place in the program's source.
+#[derive(PartialEq, Eq, Hash)]
+enum Place<'f> {
+    /// A named frame with its line: one line of source, whatever the instruction (an
+    /// unrolled loop calls the allocator from as many addresses as it has copies).
+    Line(&'f str, Option<&'f str>, u32, bool),
+    /// Otherwise its address, and whether it is inlined (an inlined frame shares it).
+    Address(u64, bool),
+}
+
+impl<'f> Place<'f> {
+    fn of(frame: &'f Frame) -> Self {
+        match (&frame.function, frame.line) {
+            (Some(function), Some(line)) => {
+                Place::Line(function, frame.file.as_deref(), line, frame.inlined)
+            }
+            _ => Place::Address(frame.address, frame.inlined),
+        }
+    }
+}
+
+/// Sites whose stacks are the same from their site frame on, line by line, become one,
+/// under the smallest stack id among them.
 pub fn fold(sites: Vec<SiteState>, frames: impl Fn(u64) -> Arc<[Frame]>) -> Vec<SiteState> {
-    let mut folded: HashMap<Vec<(u64, bool)>, SiteState> = HashMap::new();
+    let stacks: Vec<Arc<[Frame]>> = sites.iter().map(|site| frames(site.stack_id)).collect();
+    let mut folded: HashMap<Vec<Place<'_>>, SiteState> = HashMap::new();
     let mut alone = Vec::new();
-    for site in sites {
-        let stack = frames(site.stack_id);
+    for (site, stack) in sites.into_iter().zip(&stacks) {
         if stack.is_empty() {
             alone.push(site);
             continue;
         }
-        // By address and inlining: two inlined frames share an address.
-        let key: Vec<(u64, bool)> = stack[site_frame(&stack)..]
-            .iter()
-            .map(|frame| (frame.address, frame.inlined))
-            .collect();
+        let key: Vec<Place<'_>> = stack[site_frame(stack)..].iter().map(Place::of).collect();
         folded
             .entry(key)
             .and_modify(|into| {
@@ -326,6 +343,39 @@ mod tests {
                 },
                 site(9, 1, 1)
             ]
+        );
+    }
+
+    #[test]
+    fn the_copies_of_an_unrolled_loop_are_one_site() {
+        let at_line = |address, function: &str, line| Frame {
+            line: Some(line),
+            file: Some("leaker.rs".into()),
+            ..frame(address, function)
+        };
+        let stacks: HashMap<u64, Arc<[Frame]>> = [0x40, 0x48, 0x51]
+            .into_iter()
+            .enumerate()
+            .map(|(id, address)| {
+                let frames = vec![
+                    at_line(address, "leak_boxes", 29),
+                    at_line(0x90, "main", 96),
+                ];
+                (id as u64, Arc::from(frames))
+            })
+            .collect();
+        let site = |stack_id| SiteState {
+            stack_id,
+            bytes: 333,
+            allocations: 1,
+            oldest_ns: 1,
+            old_allocations: 0,
+        };
+        let folded = fold(vec![site(2), site(0), site(1)], |id| stacks[&id].clone());
+        assert_eq!(folded.len(), 1);
+        assert_eq!(
+            (folded[0].stack_id, folded[0].bytes, folded[0].allocations),
+            (0, 999, 3)
         );
     }
 }

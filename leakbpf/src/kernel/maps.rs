@@ -149,14 +149,20 @@ impl KernelMaps {
         })
     }
 
-    /// The kernel's unwind rows, which the stack walk reads as they are written.
-    pub fn unwind_rows(&mut self) -> &mut [UnwindRow] {
-        self.unwind_rows.as_mut_slice()
+    /// The first `count` of the kernel's unwind rows, which the stack walk reads as they
+    /// are written (fewer if the array is smaller; none if it cannot be mapped).
+    pub fn unwind_rows(&mut self, count: usize) -> &mut [UnwindRow] {
+        self.unwind_rows.prefix_mut(count).unwrap_or_default()
     }
 
-    /// The kernel's unwind rules, by index.
-    pub fn unwind_rules(&mut self) -> &mut [UnwindRule] {
-        self.unwind_rules.as_mut_slice()
+    /// How many unwind rows the kernel's array holds.
+    pub fn unwind_rows_capacity(&self) -> usize {
+        self.unwind_rows.len()
+    }
+
+    /// The first `count` of the kernel's unwind rules, by index.
+    pub fn unwind_rules(&mut self, count: usize) -> &mut [UnwindRule] {
+        self.unwind_rules.prefix_mut(count).unwrap_or_default()
     }
 
     /// Bytes of kernel memory the unwind arrays take.

@@ -249,7 +249,7 @@ impl Unwinder {
             building: HashMap::new(),
         };
         unwinder.rule_index(maps, INVALID);
-        if let Some(row) = maps.unwind_rows().first_mut() {
+        if let Some(row) = maps.unwind_rows(1).first_mut() {
             *row = UnwindRow { pc: 0, rule: 0 };
             unwinder.rows_used = 1;
         }
@@ -273,7 +273,7 @@ impl Unwinder {
 
     /// Rows in the kernel's array, and its capacity.
     pub fn rows(&self, maps: &mut KernelMaps) -> (u32, usize) {
-        (self.rows_used, maps.unwind_rows().len())
+        (self.rows_used, maps.unwind_rows_capacity())
     }
 
     /// The rule of the instruction at `address` (the object's numbering) of the file at
@@ -295,7 +295,7 @@ impl Unwinder {
         else {
             return AT_CALL;
         };
-        let rows = maps.unwind_rows();
+        let rows = maps.unwind_rows(first + count);
         let Some(rows) = rows.get(first..first + count) else {
             return AT_CALL;
         };
@@ -303,7 +303,7 @@ impl Unwinder {
             0 => return AT_CALL,
             after => rows[after - 1].rule,
         };
-        match maps.unwind_rules().get(rule as usize) {
+        match maps.unwind_rules(rule as usize + 1).get(rule as usize) {
             Some(rule) if rule.kind != CfaKind::Invalid as u8 => *rule,
             _ => AT_CALL,
         }
@@ -524,7 +524,7 @@ impl Unwinder {
     ) -> Result<Located, String> {
         let first = self.rows_used as usize;
         let count = table.rows.len();
-        if first + count > maps.unwind_rows().len() {
+        if first + count > maps.unwind_rows_capacity() {
             return Err(format!(
                 "its {count} rows do not fit (raise --max-unwind-rows)"
             ));
@@ -536,7 +536,13 @@ impl Unwinder {
             };
             rows.push(UnwindRow { pc, rule: index });
         }
-        maps.unwind_rows()[first..first + count].copy_from_slice(&rows);
+        let Some(kernel_rows) = maps
+            .unwind_rows(first + count)
+            .get_mut(first..first + count)
+        else {
+            return Err("the kernel's row array cannot be mapped".to_owned());
+        };
+        kernel_rows.copy_from_slice(&rows);
         self.rows_used += count as u32;
         Ok(Located {
             first_row: first as u32,
@@ -553,7 +559,7 @@ impl Unwinder {
             return Some(index);
         }
         let index = self.rules.len();
-        *maps.unwind_rules().get_mut(index)? = rule;
+        *maps.unwind_rules(index + 1).get_mut(index)? = rule;
         let index = index as u32;
         self.rules.insert(rule, index);
         Some(index)

@@ -9,8 +9,8 @@
 
 use leakbpf_tests::{
     RUST_JEMALLOC, RUST_LEAKER, RUST_LEAKER_MUSL, RUST_LEAKER_MUSL_NOFP, RUST_LEAKER_NOFP,
-    RUST_MIMALLOC, Report, TargetOutput, assert_churn_frees_counted, assert_nothing_dropped,
-    require_root, sum, trace_pid, trace_spawn,
+    RUST_MIMALLOC, Report, TargetOutput, Traced, assert_churn_frees_counted,
+    assert_nothing_dropped, require_root, sum, trace, trace_pid, trace_spawn,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
@@ -51,41 +51,32 @@ const SHORT_CHURN: u64 = 60_000;
 
 #[test]
 fn tikv_jemallocator_in_the_executable_is_found_without_flags() {
-    require_root();
-    let run = trace_spawn(
-        LEAKBPF,
-        RUST_JEMALLOC,
-        &["--rounds", SHORT_ROUNDS],
-        &["--top", "1000"],
-    );
-    let report = run.final_report();
-    assert_rust_run(report, &run.truth, "rust_jemalloc::leaker", SHORT_CHURN);
+    assert_static_allocator_run(RUST_JEMALLOC, Traced::FromSpawn, "rust_jemalloc::leaker");
 }
 
 #[test]
 fn tikv_jemallocator_traced_by_pid() {
-    require_root();
-    let run = trace_pid(
-        LEAKBPF,
-        RUST_JEMALLOC,
-        &["--rounds", SHORT_ROUNDS],
-        &["--top", "1000"],
-    );
-    let report = run.final_report();
-    assert_rust_run(report, &run.truth, "rust_jemalloc::leaker", SHORT_CHURN);
+    assert_static_allocator_run(RUST_JEMALLOC, Traced::ByPid, "rust_jemalloc::leaker");
 }
 
 #[test]
 fn mimalloc_crate_in_the_executable_is_found_without_flags() {
+    assert_static_allocator_run(RUST_MIMALLOC, Traced::FromSpawn, "rust_mimalloc::leaker");
+}
+
+/// rust_leaker.rs as `module` of `program`, on an allocator linked into it, traced with
+/// no flag but `--top`.
+fn assert_static_allocator_run(program: &str, traced: Traced, module: &str) {
     require_root();
-    let run = trace_spawn(
+    let run = trace(
         LEAKBPF,
-        RUST_MIMALLOC,
+        traced,
+        program,
         &["--rounds", SHORT_ROUNDS],
         &["--top", "1000"],
+        &[],
     );
-    let report = run.final_report();
-    assert_rust_run(report, &run.truth, "rust_mimalloc::leaker", SHORT_CHURN);
+    assert_rust_run(run.final_report(), &run.truth, module, SHORT_CHURN);
 }
 
 /// A build for musl: `program`, unless rustc had no standard library for it.

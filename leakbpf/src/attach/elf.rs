@@ -185,19 +185,21 @@ fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     })
 }
 
+/// The libc this test binary maps: it links glibc dynamically, so a real one is at hand
+/// for the tests of everything that reads objects.
+#[cfg(test)]
+pub(crate) fn own_libc() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("own maps");
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .map(PathBuf::from)
+        .expect("this test process maps libc")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// This test binary links glibc dynamically, so its libc is at hand.
-    fn own_libc() -> PathBuf {
-        let maps = std::fs::read_to_string("/proc/self/maps").expect("own maps");
-        maps.lines()
-            .filter_map(|line| line.split_whitespace().nth(5))
-            .find(|path| path.contains("/libc.so"))
-            .map(PathBuf::from)
-            .expect("this test process maps libc")
-    }
 
     #[test]
     fn finds_malloc_and_free_in_libc_with_their_first_bytes() {

@@ -375,14 +375,8 @@ mod tests {
 
     #[test]
     fn real_libc_and_libstdcxx_probes_land_on_emulated_instructions() {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let libc = maps
-            .lines()
-            .filter_map(|line| line.split_whitespace().nth(5))
-            .find(|path| path.contains("/libc.so"))
-            .expect("this test process maps libc");
         let names = ["malloc", "free", "calloc", "realloc", "posix_memalign"];
-        let functions = ElfObject::open(libc.as_ref())
+        let functions = ElfObject::open(&crate::attach::elf::own_libc())
             .unwrap()
             .functions(&names)
             .unwrap();

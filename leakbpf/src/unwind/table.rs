@@ -467,18 +467,13 @@ mod tests {
     /// frame is the return address alone, and `_start`-like outermost frames exist.
     #[test]
     fn libc_has_a_table_that_covers_malloc() {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let libc = maps
-            .lines()
-            .filter_map(|line| line.split_whitespace().nth(5))
-            .find(|path| path.contains("/libc.so"))
-            .expect("this test process maps libc");
-        let data = std::fs::read(libc).unwrap();
+        let libc = crate::attach::elf::own_libc();
+        let data = std::fs::read(&libc).unwrap();
         let Built::Table(table) = build(&data, &[]).unwrap() else {
             panic!("libc has .eh_frame");
         };
         assert!(table.rows.len() > 1000, "{} rows", table.rows.len());
-        let elf = crate::attach::elf::ElfObject::from_bytes(libc.into(), data);
+        let elf = crate::attach::elf::ElfObject::from_bytes(libc, data);
         let malloc = &elf.functions(&["malloc"]).unwrap()["malloc"];
         assert_eq!(table.rule_at(malloc.address), rsp(8));
         assert!(

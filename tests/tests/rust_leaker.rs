@@ -10,33 +10,19 @@
 use leakbpf_tests::{
     RUST_JEMALLOC, RUST_LEAKER, RUST_LEAKER_MUSL, RUST_LEAKER_MUSL_NOFP, RUST_LEAKER_NOFP,
     RUST_MIMALLOC, Report, TargetOutput, Traced, assert_churn_frees_counted,
-    assert_nothing_dropped, require_root, sum, trace, trace_pid, trace_spawn,
+    assert_nothing_dropped, require_root, sum, trace,
 };
 
 const LEAKBPF: &str = env!("CARGO_BIN_EXE_leakbpf-under-test");
 
 #[test]
 fn rust_boxes_and_vec_leaks_are_reported_exactly() {
-    require_root();
-    let run = trace_pid(LEAKBPF, RUST_LEAKER, &[], &["--top", "1000"]);
-    assert_rust_run(
-        run.final_report(),
-        &run.truth,
-        RUST_LEAKER_CRATE,
-        FULL_CHURN,
-    );
+    assert_rust_leaker_run(RUST_LEAKER, Traced::ByPid);
 }
 
 #[test]
 fn rust_boxes_and_vec_leaks_without_frame_pointers() {
-    require_root();
-    let run = trace_pid(LEAKBPF, RUST_LEAKER_NOFP, &[], &["--top", "1000"]);
-    assert_rust_run(
-        run.final_report(),
-        &run.truth,
-        RUST_LEAKER_CRATE,
-        FULL_CHURN,
-    );
+    assert_rust_leaker_run(RUST_LEAKER_NOFP, Traced::ByPid);
 }
 
 /// Where rust_leaker.rs's functions are: its own crate, or the module the allocator
@@ -67,16 +53,25 @@ fn mimalloc_crate_in_the_executable_is_found_without_flags() {
 /// rust_leaker.rs as `module` of `program`, on an allocator linked into it, traced with
 /// no flag but `--top`.
 fn assert_static_allocator_run(program: &str, traced: Traced, module: &str) {
-    require_root();
-    let run = trace(
-        LEAKBPF,
-        traced,
+    assert_traced_run(
         program,
+        traced,
+        module,
         &["--rounds", SHORT_ROUNDS],
-        &["--top", "1000"],
-        &[],
+        SHORT_CHURN,
     );
-    assert_rust_run(run.final_report(), &run.truth, module, SHORT_CHURN);
+}
+
+/// rust_leaker itself (a build of it for glibc or musl), its default churn.
+fn assert_rust_leaker_run(program: &str, traced: Traced) {
+    assert_traced_run(program, traced, RUST_LEAKER_CRATE, &[], FULL_CHURN);
+}
+
+/// `program args`, traced with no flag but `--top`: see [`assert_rust_run`].
+fn assert_traced_run(program: &str, traced: Traced, module: &str, args: &[&str], frees: u64) {
+    require_root();
+    let run = trace(LEAKBPF, traced, program, args, &["--top", "1000"], &[]);
+    assert_rust_run(run.final_report(), &run.truth, module, frees);
 }
 
 /// A build for musl: `program`, unless rustc had no standard library for it.
@@ -138,68 +133,20 @@ fn assert_rust_run(report: &Report, truth: &TargetOutput, module: &str, least_fr
 
 #[test]
 fn static_musl_rust_traced_by_pid() {
-    require_root();
-    let run = trace_pid(
-        LEAKBPF,
-        musl_program(RUST_LEAKER_MUSL),
-        &[],
-        &["--top", "1000"],
-    );
-    assert_rust_run(
-        run.final_report(),
-        &run.truth,
-        RUST_LEAKER_CRATE,
-        FULL_CHURN,
-    );
+    assert_rust_leaker_run(musl_program(RUST_LEAKER_MUSL), Traced::ByPid);
 }
 
 #[test]
 fn static_musl_rust_traced_from_spawn() {
-    require_root();
-    let run = trace_spawn(
-        LEAKBPF,
-        musl_program(RUST_LEAKER_MUSL),
-        &[],
-        &["--top", "1000"],
-    );
-    assert_rust_run(
-        run.final_report(),
-        &run.truth,
-        RUST_LEAKER_CRATE,
-        FULL_CHURN,
-    );
+    assert_rust_leaker_run(musl_program(RUST_LEAKER_MUSL), Traced::FromSpawn);
 }
 
 #[test]
 fn static_musl_rust_without_frame_pointers_traced_by_pid() {
-    require_root();
-    let run = trace_pid(
-        LEAKBPF,
-        musl_program(RUST_LEAKER_MUSL_NOFP),
-        &[],
-        &["--top", "1000"],
-    );
-    assert_rust_run(
-        run.final_report(),
-        &run.truth,
-        RUST_LEAKER_CRATE,
-        FULL_CHURN,
-    );
+    assert_rust_leaker_run(musl_program(RUST_LEAKER_MUSL_NOFP), Traced::ByPid);
 }
 
 #[test]
 fn static_musl_rust_without_frame_pointers_traced_from_spawn() {
-    require_root();
-    let run = trace_spawn(
-        LEAKBPF,
-        musl_program(RUST_LEAKER_MUSL_NOFP),
-        &[],
-        &["--top", "1000"],
-    );
-    assert_rust_run(
-        run.final_report(),
-        &run.truth,
-        RUST_LEAKER_CRATE,
-        FULL_CHURN,
-    );
+    assert_rust_leaker_run(musl_program(RUST_LEAKER_MUSL_NOFP), Traced::FromSpawn);
 }

@@ -244,6 +244,37 @@ impl Target {
         self.read_until("done")
     }
 
+    /// Closes its stdin, so it exits, and waits until it is a zombie: exited, its memory
+    /// released, its pid not reaped (until [`Target::finish`]).
+    pub fn exit_unreaped(&mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            // SAFETY: a zeroed siginfo_t is a valid buffer for waitid to fill.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on our own child; WNOWAIT leaves it to be reaped later.
+            let found = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.pid(),
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+                )
+            };
+            assert_eq!(found, 0, "waitid on {}", self.name);
+            // SAFETY: waitid filled `info`; si_pid is 0 while the child runs.
+            if unsafe { info.si_pid() } != 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {EXIT_TIMEOUT:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Closes its stdin, so it exits, and checks that it exited 0.
     pub fn finish(&mut self) {
         self.stdin = None;

@@ -82,6 +82,26 @@ fn target_exit_gives_a_final_report_and_detaches() {
 }
 
 #[test]
+fn stacks_first_seen_once_the_target_is_a_zombie_are_named() {
+    require_root();
+    // The agent, stopped, reads the target's new stacks only when the target has exited
+    // and not been reaped: its memory map then reads as empty, and the one cached while
+    // it ran must still name them.
+    let mut target = Target::start(CHAT_SERVER, &["--joins", "300"]);
+    let (agent, objects) = attach(&target, &["--interval", "200ms", "--top", "1000"]);
+    agent.signal(libc::SIGSTOP);
+    target.go();
+    let truth = target.read_until_done();
+    target.exit_unreaped();
+    agent.signal(libc::SIGCONT);
+    let finished = agent.wait();
+    let report = final_report(&finished, target.pid());
+    assert_chat_leak(&report, &truth);
+    target.finish();
+    objects.assert_released();
+}
+
+#[test]
 fn count_stops_after_that_many_reports() {
     require_root();
     let mut target = Target::start(CHAT_SERVER, &["--joins", "100"]);

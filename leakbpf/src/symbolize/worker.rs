@@ -1,7 +1,9 @@
 //! The symbolizing thread's work: blazesym's symbolizer and normalizer over a process's
 //! addresses, one batch at a time.
 
-use std::{collections::BTreeMap, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap, fs::File, io::Read, num::NonZeroU32, path::PathBuf, time::Duration,
+};
 
 use blazesym::{
     Pid,
@@ -119,10 +121,14 @@ impl Worker {
     pub(super) fn symbolize(&self, pid: NonZeroU32, stacks: Vec<StackRequest>) -> NamedStacks {
         // Refresh the cached memory map while the process is alive (it may have loaded
         // libraries since), so stacks asked for after it exited still resolve. A failure
-        // leaves the previous cache in place.
-        let _ = self
-            .symbolizer
-            .cache(&Cache::Process(cache::Process::new(Pid::from(pid.get()))));
+        // leaves the previous cache in place; an exited process's empty map would replace
+        // it, so that is never cached. (An exit between the check and blazesym's read
+        // is left: a few microseconds, against the agent's reaction to the exit itself.)
+        if has_memory_map(pid) {
+            let _ = self
+                .symbolizer
+                .cache(&Cache::Process(cache::Process::new(Pid::from(pid.get()))));
+        }
         // Return addresses point after the call; the call itself is one byte earlier.
         let calls: Vec<u64> = stacks
             .iter()
@@ -242,6 +248,15 @@ impl Worker {
             })
             .collect()
     }
+}
+
+/// Whether process `pid` still has its memory mapped: once it released it at its exit
+/// (a zombie, or an exiting process), /proc/PID/maps reads as empty, without an error.
+fn has_memory_map(pid: NonZeroU32) -> bool {
+    let mut first = [0; 1];
+    File::open(format!("/proc/{pid}/maps"))
+        .and_then(|mut maps| maps.read(&mut first))
+        .is_ok_and(|read| read == 1)
 }
 
 /// Where an address is in the files a process maps.

@@ -46,8 +46,8 @@ const HOSTILE_TARGETS: [&str; 2] = ["hostile_names", "broken_elf"];
 /// through it (libdlopened.so, next to it).
 const DLOPEN_TARGETS: [&str; 1] = ["dlopen_leaker"];
 /// The same programs as distributions build them: without frame pointers; and a chain of
-/// functions built only that way.
-const NOFP_TARGETS: [&str; 11] = [
+/// functions, and sampling's leaks and churn, built only that way.
+const NOFP_TARGETS: [&str; 12] = [
     "leaker_nofp",
     "threads_nofp",
     "forker_nofp",
@@ -59,6 +59,7 @@ const NOFP_TARGETS: [&str; 11] = [
     "tcmalloc_new_nofp",
     "call_chain",
     "glib_strings",
+    "sampling",
 ];
 /// rust_leaker built for musl, statically, with and without frame pointers: only when
 /// rustc has that target's standard library. Without it `LEAKBPF_TARGET_RUST_LEAKER_MUSL`

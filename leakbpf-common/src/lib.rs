@@ -165,6 +165,52 @@ pub mod global_names {
     /// its tracer, sees; the agent reads the new mappings and lets it go on, so every
     /// object's table is in place before its code runs.
     pub const HELD_TGID: &str = "HELD_TGID";
+    /// `--sample-bytes` (`u64`): the mean distance in bytes between the sample points of
+    /// each thread's allocations, or 0 to record every allocation.
+    pub const SAMPLE_BYTES: &str = "SAMPLE_BYTES";
+}
+
+/// The largest `--sample-bytes`: [`exponential_gap`]'s products fit in 64 bits below it.
+pub const MAX_SAMPLE_BYTES: u64 = 1 << 40;
+
+/// Fraction bits of [`exponential_gap`]'s fixed-point logarithm.
+const FRACTION_BITS: u32 = 16;
+/// ln 2 in the same fixed point.
+const LN_2: u64 = 45426;
+
+/// An exponential variate of mean `mean` (at most [`MAX_SAMPLE_BYTES`]), at least 1, from
+/// a uniform random 32-bit `random`: −mean·ln U for U uniform in (0, 1], computed as
+/// (32 − log2 x)·ln 2 for x = random + 1, in integers (eBPF has no floating point).
+#[inline(always)]
+pub fn exponential_gap(random: u32, mean: u64) -> u64 {
+    let minus_log = (32 << FRACTION_BITS) - log2(u64::from(random) + 1);
+    ((mean * ((minus_log * LN_2) >> FRACTION_BITS)) >> FRACTION_BITS).max(1)
+}
+
+/// log2 `x` for 1 ≤ x ≤ 2³², with [`FRACTION_BITS`] fraction bits: the integer part
+/// from the highest bit set, each fraction bit by squaring the mantissa. Without a
+/// branch: eBPF has no conditional move, and the verifier would walk every path.
+#[inline(always)]
+fn log2(x: u64) -> u64 {
+    let mut whole = 0;
+    let mut high = x;
+    for shift in [32, 16, 8, 4, 2, 1] {
+        let above = high >> shift;
+        // 1 when `above` is not 0 (it is below 2⁶³): v | −v has its top bit set.
+        let step = ((above | above.wrapping_neg()) >> 63) * shift;
+        high >>= step;
+        whole += step;
+    }
+    // The mantissa in [1, 2), as a Q31 number in [2³¹, 2³²): its square fits in 64 bits.
+    let mut mantissa = (x << 31) >> whole;
+    let mut fraction = 0;
+    for _ in 0..FRACTION_BITS {
+        mantissa = (mantissa * mantissa) >> 31;
+        let carry = mantissa >> 32;
+        mantissa >>= carry;
+        fraction = (fraction << 1) | carry;
+    }
+    (whole << FRACTION_BITS) | fraction
 }
 
 /// [`global_names::TARGET_TGID`] when every process is traced (`--all`).
@@ -391,7 +437,12 @@ pub struct Pending {
     /// Non-zero between entry and return. A thread's entry stays in the map and is reused
     /// by its next call: an update in place costs far less than an insert and a delete.
     pub active: u32,
-    pub pad: u32,
+    /// Non-zero when the call is recorded: always, unless sampling
+    /// ([`global_names::SAMPLE_BYTES`](crate::global_names::SAMPLE_BYTES)) passed it over.
+    pub sampled: u32,
+    /// Sampling's countdown for the thread: the bytes it allocates before its next
+    /// sample point; 0 before its first allocation.
+    pub until_sample: u64,
 }
 
 /// How to find the caller's frame from a frame at some address: the canonical frame
@@ -616,7 +667,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<AllocKey>(), 16);
         assert_eq!(size_of::<AllocInfo>(), 24);
-        assert_eq!(size_of::<Pending>(), 40);
+        assert_eq!(size_of::<Pending>(), 48);
         assert_eq!(size_of::<Event>(), 16);
         assert_eq!(size_of::<UnwindRule>(), 8);
         assert_eq!(size_of::<UnwindRow>(), 8);
@@ -691,5 +742,55 @@ mod tests {
             }
         }
         assert_eq!(moved_arguments([0, 1, 2]), 0, "unmoved is no bit");
+    }
+
+    #[test]
+    fn the_fixed_point_logarithm_is_within_its_last_bit() {
+        for x in [
+            1u64,
+            2,
+            3,
+            1000,
+            65_537,
+            0x8000_0001,
+            u32::MAX as u64,
+            1 << 32,
+        ] {
+            let exact = (x as f64).log2() * f64::from(1u32 << FRACTION_BITS);
+            let ours = log2(x) as f64;
+            assert!((ours - exact).abs() <= 2.0, "log2({x}): {ours} for {exact}");
+        }
+    }
+
+    /// Gaps from random numbers spread evenly over all 2³² values: their distribution.
+    fn gaps(mean: u64) -> Vec<u64> {
+        const DRAWS: u64 = 1 << 20;
+        let step = (1u64 << 32) / DRAWS;
+        (0..DRAWS)
+            .map(|i| exponential_gap((i * step + step / 2) as u32, mean))
+            .collect()
+    }
+
+    #[test]
+    fn gaps_are_exponential_with_the_mean_asked_for() {
+        for mean in [1u64 << 10, 512 << 10, 1 << 30, MAX_SAMPLE_BYTES] {
+            let gaps = gaps(mean);
+            let average = gaps.iter().map(|&g| g as f64).sum::<f64>() / gaps.len() as f64;
+            assert!(
+                (average / mean as f64 - 1.0).abs() < 0.002,
+                "mean {mean}: gaps average {average}"
+            );
+            // Sampled with probability 1 − exp(−size/mean): the share of gaps ≤ size.
+            for share in [0.01, 0.1, 0.5, 1.0, 3.0] {
+                let size = (mean as f64 * share) as u64;
+                let below = gaps.iter().filter(|&&g| g <= size).count() as f64;
+                let expected = 1.0 - (-share).exp();
+                assert!(
+                    (below / gaps.len() as f64 - expected).abs() < 0.001,
+                    "mean {mean}, size {size}: {below} of {}, not {expected}",
+                    gaps.len()
+                );
+            }
+        }
     }
 }

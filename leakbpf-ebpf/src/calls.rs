@@ -39,7 +39,8 @@ pub fn slot(tid: u32) -> Option<*mut Pending> {
         kind: 0,
         depth: 0,
         active: 0,
-        pad: 0,
+        sampled: 0,
+        until_sample: 0,
     };
     OTHER_CALLS.insert(&tid, &empty, 0).ok()?;
     OTHER_CALLS.get_ptr_mut(&tid)

@@ -17,6 +17,7 @@ mod events;
 mod loader;
 mod processes;
 mod record;
+mod sample;
 mod stack;
 mod target;
 mod unwind;

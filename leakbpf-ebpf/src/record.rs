@@ -1,6 +1,7 @@
 //! Recording allocations and frees: the entry of an allocation function keeps its
 //! arguments and stack per thread, its return records the block in `ALLOCS`, and a free
-//! is one delete from it.
+//! is one delete from it. With `--sample-bytes`, only the sampled calls are walked and
+//! recorded (see [`crate::sample`]).
 //!
 //! Per-event work is what the traced process pays for, so each path does the fewest map
 //! operations it can: a free is one delete, whose result says whether the block was
@@ -25,7 +26,7 @@ use leakbpf_common::{
 use crate::{
     calls,
     counters::{ProbeError, count},
-    stack,
+    sample, stack,
     target::{CurrentTask, current_task, setting, traced_task},
 };
 
@@ -132,7 +133,16 @@ pub(crate) fn alloc_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
         count(task.tgid, Counter::FailedAllocations);
         return Ok(());
     };
-    let stack_id = stack::capture(ctx, task.tgid);
+    // SAFETY: only this thread touches its own slot.
+    let mut until_sample = unsafe { (*slot).until_sample };
+    let sampled = sample::mean_bytes().is_none_or(|mean| sample::sampled(&mut until_sample, size, mean));
+    // A call passed over is still kept, unwalked: its nested calls are not the program's,
+    // and a realloc's return must still release the old block.
+    let stack_id = if sampled {
+        stack::capture(ctx, task.tgid)
+    } else {
+        0
+    };
     let pending = Pending {
         size,
         arg_ptr,
@@ -140,7 +150,8 @@ pub(crate) fn alloc_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
         kind: kind as u32,
         depth: 0,
         active: 1,
-        pad: 0,
+        sampled: u32::from(sampled),
+        until_sample,
     };
     // SAFETY: only this thread touches its own slot.
     unsafe { *slot = pending };
@@ -197,6 +208,9 @@ pub(crate) fn alloc_exit(ctx: &RetProbeContext) -> Result<(), ProbeError> {
         }
         return Ok(());
     }
+    if pending.sampled == 0 {
+        return Ok(());
+    }
     record(ctx, task.tgid, block, pending.size, pending.stack_id)
 }
 
@@ -223,7 +237,11 @@ pub(crate) fn free_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
     let Some((task, addr)) = freed_block(ctx)? else {
         return Ok(());
     };
-    if !release(task.tgid, addr) && !released_by_delete(task.tid, addr) {
+    // Sampling leaves most blocks unrecorded: their frees are not unknown, only unseen.
+    if !release(task.tgid, addr)
+        && sample::mean_bytes().is_none()
+        && !released_by_delete(task.tid, addr)
+    {
         count(task.tgid, Counter::UnknownFrees);
     }
     Ok(())
@@ -246,7 +264,7 @@ pub(crate) fn delete_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
                 .map_err(|_| ProbeError(task.tgid))?,
         }
     // SAFETY: as above. (`delete[]` may call the probed `delete` for the same block.)
-    } else if last.is_none_or(|last| unsafe { *last } != addr) {
+    } else if sample::mean_bytes().is_none() && last.is_none_or(|last| unsafe { *last } != addr) {
         count(task.tgid, Counter::UnknownFrees);
     }
     Ok(())

@@ -15,11 +15,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use leakbpf_common::{DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH};
+use leakbpf_common::{DEFAULT_STACK_DEPTH, MAX_SAMPLE_BYTES, MAX_STACK_DEPTH};
 
 use crate::{
     analyze::{Plumbing, Sort, Suppressions, diff},
-    kernel::{self, Capacity},
+    kernel::{self, Capacity, Sampling},
     output::{self, Format, Output},
     serve,
     session::{self, Settings, Target, Verdicts},
@@ -203,6 +203,13 @@ pub struct TraceArgs {
     /// listens on 127.0.0.1 only; ADDRESS:PORT as given (0.0.0.0:9100, [::1]:9100).
     #[arg(long, value_name = "[ADDRESS:]PORT", value_parser = serve::address)]
     pub http: Option<SocketAddr>,
+    /// Sample allocations, for long runs on hot services: a block of S bytes is recorded
+    /// with probability 1 − exp(−S/BYTES) (a Poisson process over each thread's bytes,
+    /// as tcmalloc and jemalloc sample), and bytes and blocks are reported as unbiased
+    /// estimates with their standard error. Allocations passed over are neither walked
+    /// nor stored; their probes still fire (e.g. 524288).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=MAX_SAMPLE_BYTES))]
+    pub sample_bytes: Option<u64>,
     /// Outstanding allocations the kernel map holds; beyond it they are counted as dropped.
     #[arg(long, default_value = "1000000")]
     pub max_allocs: NonZeroU32,
@@ -303,6 +310,7 @@ impl TraceArgs {
                 unwind_rows: self.max_unwind_rows.get(),
             },
             stack_depth: self.max_depth,
+            sampling: self.sample_bytes.map(|mean_bytes| Sampling { mean_bytes }),
             verbose: self.verbose,
             floor: self.floor,
             symbol_prefix: self.symbol_prefix,

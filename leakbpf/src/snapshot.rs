@@ -10,10 +10,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::Counters, symbolize::Frame};
+use crate::{
+    kernel::{Counters, Estimate},
+    symbolize::Frame,
+};
 
 /// Bumped on any change a consumer of the JSON lines would notice.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -30,9 +33,45 @@ pub struct Snapshot {
     /// Null when the process could not be read (gone).
     pub memory: Option<Memory>,
     pub totals: Totals,
+    /// Null unless allocations were sampled (`--sample-bytes`): then the bytes and
+    /// allocations of the totals, call sites and suppressions are estimates, and the
+    /// counters count the blocks recorded.
+    pub sampling: Option<Sampled>,
     pub counters: Counters,
     pub suppressed: Vec<Suppressed>,
     pub callsites: Vec<Callsite>,
+}
+
+/// What a sampled report's estimates rest on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sampled {
+    /// The mean bytes between sample points.
+    pub mean_bytes: u64,
+    /// The outstanding blocks recorded, over every call site.
+    pub sampled_allocations: u64,
+    /// One standard error of the totals' outstanding bytes and allocations.
+    pub bytes_error: u64,
+    pub allocations_error: u64,
+}
+
+/// A sampled call site's estimate: how many of its blocks were recorded, and one
+/// standard error of its bytes and allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteEstimate {
+    pub sampled_allocations: u64,
+    pub bytes_error: u64,
+    pub allocations_error: u64,
+}
+
+impl SiteEstimate {
+    pub fn of(estimate: &Estimate) -> Self {
+        let (bytes_error, allocations_error) = estimate.errors();
+        Self {
+            sampled_allocations: estimate.sampled,
+            bytes_error,
+            allocations_error,
+        }
+    }
 }
 
 /// What the process is, as the kernel last showed it.
@@ -74,6 +113,8 @@ pub struct Callsite {
     pub site_frame: usize,
     /// Innermost first: `frames[0]` is the function that called the allocator.
     pub frames: Arc<[Frame]>,
+    /// Null unless allocations were sampled.
+    pub estimate: Option<SiteEstimate>,
 }
 
 /// The shape of a call site's outstanding bytes over the run.
@@ -282,6 +323,7 @@ pub(crate) fn example() -> Snapshot {
             leak_callsites: 1,
             suspect_callsites: 0,
         },
+        sampling: None,
         counters: Counters::default(),
         suppressed: Vec::new(),
         callsites: vec![Callsite {
@@ -315,6 +357,7 @@ pub(crate) fn example() -> Snapshot {
                 inlined: false,
                 allocator: false,
             }]),
+            estimate: None,
         }],
     }
 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Deserializer};
 
 /// The schema this mirror reads.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 #[derive(Clone, Debug, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -27,9 +27,31 @@ pub struct Report {
     #[serde(deserialize_with = "present")]
     pub memory: Option<Memory>,
     pub totals: Totals,
+    /// Null unless sampled: then bytes and allocations are estimates.
+    #[serde(deserialize_with = "present")]
+    pub sampling: Option<Sampled>,
     pub counters: Counters,
     pub suppressed: Vec<Suppressed>,
     pub callsites: Vec<Callsite>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct Sampled {
+    pub mean_bytes: u64,
+    pub sampled_allocations: u64,
+    pub bytes_error: u64,
+    pub allocations_error: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct SiteEstimate {
+    pub sampled_allocations: u64,
+    pub bytes_error: u64,
+    pub allocations_error: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -124,6 +146,8 @@ pub struct Callsite {
     /// The frame the agent shows the site at: its first outside allocation plumbing.
     pub site_frame: usize,
     pub frames: Vec<Frame>,
+    #[serde(deserialize_with = "present")]
+    pub estimate: Option<SiteEstimate>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -474,6 +498,12 @@ mod tests {
                 leak_callsites: 1,
                 suspect_callsites: 2,
             },
+            sampling: Some(agent::Sampled {
+                mean_bytes: 29,
+                sampled_allocations: 30,
+                bytes_error: 31,
+                allocations_error: 32,
+            }),
             counters: leakbpf::Counters {
                 allocations: 4,
                 frees: 5,
@@ -513,6 +543,11 @@ mod tests {
                 },
                 site_frame: 1,
                 frames: Arc::from(vec![frame(Some("subscribe")), frame(None)]),
+                estimate: Some(agent::SiteEstimate {
+                    sampled_allocations: 26,
+                    bytes_error: 27,
+                    allocations_error: 28,
+                }),
             }],
         }
     }
@@ -638,6 +673,7 @@ mod tests {
                 frame("rust_leaker::leak_boxes::h0123456789abcdef", false),
                 frame("rust_leaker::main", false),
             ],
+            estimate: None,
         };
         assert_eq!(site.site(), Some("rust_leaker::leak_boxes"));
         assert_eq!(site.function(0), Some("alloc::alloc::alloc"));

@@ -91,6 +91,9 @@ pub const CALL_CHAIN: &str = env!("LEAKBPF_TARGET_CALL_CHAIN");
 /// Leaks through Debian's libglib2.0 (g_strdup, g_malloc0), built without frame pointers
 /// (tests/targets/glib_strings.c).
 pub const GLIB_STRINGS: &str = env!("LEAKBPF_TARGET_GLIB_STRINGS");
+/// Leaks small, mixed and large blocks among a churn, for `--sample-bytes` to estimate;
+/// built only without frame pointers (tests/targets/sampling.c).
+pub const SAMPLING: &str = env!("LEAKBPF_TARGET_SAMPLING");
 /// rust_leaker_musl without frame pointers; empty as [`RUST_LEAKER_MUSL`] is.
 pub const RUST_LEAKER_MUSL_NOFP: &str = env!("LEAKBPF_TARGET_RUST_LEAKER_MUSL_NOFP");
 /// Loads libdlopened.so (next to it) with dlopen once told to go, leaks through it at

@@ -9,10 +9,10 @@ use super::{
     trend::{self, Sample},
 };
 use crate::{
-    kernel::{Counters, SiteState},
+    kernel::{Counters, Estimate, Sampling, SiteState},
     snapshot::{
-        Callsite, Memory, ProcessFacts, SCHEMA_VERSION, Snapshot, Suppressed, Totals, Trend,
-        Verdict,
+        Callsite, Memory, ProcessFacts, SCHEMA_VERSION, Sampled, SiteEstimate, Snapshot,
+        Suppressed, Totals, Trend, Verdict,
     },
     symbolize::Frame,
 };
@@ -33,6 +33,8 @@ pub struct Moment {
     pub process: ProcessFacts,
     /// `VmRSS` and `RssAnon` in bytes, when the process could be read.
     pub rss: Option<(u64, u64)>,
+    /// Only sampled allocations were recorded (`--sample-bytes`).
+    pub sampling: Option<Sampling>,
 }
 
 /// A site's history: its samples, and its figures in the previous report.
@@ -121,6 +123,7 @@ impl History {
         frames: impl Fn(u64) -> Arc<[Frame]>,
     ) -> Snapshot {
         let mut totals = Totals::default();
+        let mut sampled = Estimate::default();
         let mut suppressed: Vec<Suppressed> = Vec::new();
         let mut callsites = Vec::new();
         for (state, trend, (bytes_before, allocations_before)) in ranked.sites {
@@ -143,6 +146,9 @@ impl History {
                 entry.bytes += state.bytes;
                 entry.allocations += state.allocations;
                 continue;
+            }
+            if let Some(estimate) = &state.estimate {
+                sampled.merge(estimate);
             }
             totals.outstanding_bytes += state.bytes;
             totals.outstanding_allocations += state.allocations;
@@ -168,6 +174,7 @@ impl History {
                     trend,
                     site_frame: super::site_frame(&site_frames),
                     frames: site_frames,
+                    estimate: state.estimate.as_ref().map(SiteEstimate::of),
                 });
             }
         }
@@ -184,6 +191,15 @@ impl History {
             process: moment.process,
             memory,
             totals,
+            sampling: moment.sampling.map(|sampling| {
+                let (bytes_error, allocations_error) = sampled.errors();
+                Sampled {
+                    mean_bytes: sampling.mean_bytes,
+                    sampled_allocations: sampled.sampled,
+                    bytes_error,
+                    allocations_error,
+                }
+            }),
             counters: moment.counters,
             suppressed,
             callsites,
@@ -244,6 +260,7 @@ mod tests {
             counters: Counters::default(),
             process: ProcessFacts::default(),
             rss: None,
+            sampling: None,
         }
     }
 
@@ -254,6 +271,7 @@ mod tests {
             allocations,
             oldest_ns: 4_000_000_000,
             old_allocations: allocations,
+            estimate: None,
         }
     }
 

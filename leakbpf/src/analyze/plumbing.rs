@@ -199,13 +199,7 @@ pub fn fold(sites: Vec<SiteState>, frames: impl Fn(u64) -> Arc<[Frame]>) -> Vec<
         let key: Vec<Place<'_>> = stack[site_frame(stack)..].iter().map(Place::of).collect();
         folded
             .entry(key)
-            .and_modify(|into| {
-                into.stack_id = into.stack_id.min(site.stack_id);
-                into.bytes += site.bytes;
-                into.allocations += site.allocations;
-                into.old_allocations += site.old_allocations;
-                into.oldest_ns = into.oldest_ns.min(site.oldest_ns);
-            })
+            .and_modify(|into| into.merge(&site))
             .or_insert(site);
     }
     alone.extend(folded.into_values());
@@ -326,6 +320,7 @@ mod tests {
             allocations: 1,
             oldest_ns,
             old_allocations: 1,
+            estimate: None,
         };
         let mut folded = fold(vec![site(7, 100, 5), site(3, 10, 2), site(9, 1, 1)], |id| {
             stacks[&id].clone()
@@ -339,7 +334,8 @@ mod tests {
                     bytes: 110,
                     allocations: 2,
                     oldest_ns: 2,
-                    old_allocations: 2
+                    old_allocations: 2,
+                    estimate: None,
                 },
                 site(9, 1, 1)
             ]
@@ -370,6 +366,7 @@ mod tests {
             allocations: 1,
             oldest_ns: 1,
             old_allocations: 0,
+            estimate: None,
         };
         let folded = fold(vec![site(2), site(0), site(1)], |id| stacks[&id].clone());
         assert_eq!(folded.len(), 1);

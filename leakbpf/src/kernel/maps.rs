@@ -14,7 +14,12 @@ use leakbpf_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{KernelError, batch, clock::Clock, shared::SharedArray};
+use super::{
+    KernelError, batch,
+    clock::Clock,
+    sampling::{Estimate, Sampling},
+    shared::SharedArray,
+};
 
 /// Outstanding allocations read per system call: 8192 × 40 bytes of buffer.
 const ALLOCS_PER_READ: usize = 8192;
@@ -35,15 +40,46 @@ pub struct Counters {
 }
 
 /// One call site's outstanding allocations, as drained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SiteState {
     pub stack_id: u64,
+    /// Estimates, rounded, when sampled.
     pub bytes: u64,
     pub allocations: u64,
     /// CLOCK_BOOTTIME of its oldest outstanding allocation.
     pub oldest_ns: u64,
     /// Its allocations made before the scan's `old_before_ns`.
     pub old_allocations: u64,
+    /// When sampled: what its recorded blocks stand for.
+    pub estimate: Option<Estimate>,
+}
+
+impl SiteState {
+    /// Adds the blocks of `other`, a site with the same frames.
+    pub fn merge(&mut self, other: &SiteState) {
+        self.stack_id = self.stack_id.min(other.stack_id);
+        self.oldest_ns = self.oldest_ns.min(other.oldest_ns);
+        match (&mut self.estimate, &other.estimate) {
+            (Some(estimate), Some(other)) => {
+                estimate.merge(other);
+                self.round_estimate();
+            }
+            _ => {
+                self.bytes += other.bytes;
+                self.allocations += other.allocations;
+                self.old_allocations += other.old_allocations;
+            }
+        }
+    }
+
+    /// Its figures from its estimate.
+    fn round_estimate(&mut self) {
+        if let Some(estimate) = &self.estimate {
+            self.bytes = estimate.bytes.round() as u64;
+            self.allocations = estimate.allocations.round() as u64;
+            self.old_allocations = estimate.old_allocations.round() as u64;
+        }
+    }
 }
 
 /// Which allocations a scan counts.
@@ -53,6 +89,8 @@ pub struct Scan {
     pub allocated_before_ns: Option<u64>,
     /// Those made before this count as old.
     pub old_before_ns: u64,
+    /// Recorded with a chance by size, each stands for the blocks passed over.
+    pub sampling: Option<Sampling>,
 }
 
 pub struct KernelMaps {
@@ -294,11 +332,20 @@ impl KernelMaps {
                     allocations: 0,
                     oldest_ns: info.timestamp_ns,
                     old_allocations: 0,
+                    estimate: scan.sampling.map(|_| Estimate::default()),
                 });
-                site.bytes += info.size;
-                site.allocations += 1;
+                let old = info.timestamp_ns < scan.old_before_ns;
                 site.oldest_ns = site.oldest_ns.min(info.timestamp_ns);
-                site.old_allocations += u64::from(info.timestamp_ns < scan.old_before_ns);
+                match (scan.sampling, &mut site.estimate) {
+                    (Some(sampling), Some(estimate)) => {
+                        estimate.add(info.size, sampling.probability(info.size), old);
+                    }
+                    _ => {
+                        site.bytes += info.size;
+                        site.allocations += 1;
+                        site.old_allocations += u64::from(old);
+                    }
+                }
             },
         );
         scanned.map_err(|source| KernelError::Read {
@@ -306,7 +353,8 @@ impl KernelMaps {
             source,
         })?;
         let mut by_process: StdHashMap<u32, Vec<SiteState>> = StdHashMap::new();
-        for ((tgid, _), site) in sites {
+        for ((tgid, _), mut site) in sites {
+            site.round_estimate();
             by_process.entry(tgid).or_default().push(site);
         }
         Ok(by_process)

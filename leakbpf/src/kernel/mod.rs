@@ -7,6 +7,7 @@ mod batch;
 mod clock;
 pub mod features;
 mod maps;
+mod sampling;
 mod shared;
 
 use std::num::NonZeroU32;
@@ -24,6 +25,7 @@ use leakbpf_common::{
 pub use self::{
     clock::boot_time_ns,
     maps::{Counters, Forget, KernelMaps, Scan, SiteState},
+    sampling::{Estimate, Sampling},
 };
 use crate::attach::ProcessFields;
 
@@ -71,6 +73,8 @@ pub struct LoadSettings {
     pub stack_depth: u32,
     /// The started command, traced with ptrace: held at the dynamic linker's notices.
     pub held: Option<NonZeroU32>,
+    /// Only sampled allocations are recorded (`--sample-bytes`).
+    pub sampling: Option<Sampling>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +119,7 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
     let agent = std::process::id();
     let stack_depth = settings.stack_depth.min(MAX_STACK_DEPTH as u32);
     let held = settings.held.map_or(0, NonZeroU32::get);
+    let sample_bytes = settings.sampling.map_or(0, |sampling| sampling.mean_bytes);
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::TARGET_TGID, &target, true)
         .override_global(global_names::AGENT_TGID, &agent, true)
@@ -132,6 +137,7 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
         )
         .override_global(global_names::STACK_DEPTH, &stack_depth, true)
         .override_global(global_names::HELD_TGID, &held, true)
+        .override_global(global_names::SAMPLE_BYTES, &sample_bytes, true)
         .map_max_entries(map_names::ALLOCS, settings.capacity.allocations)
         .map_max_entries(map_names::UNWIND_ROWS, settings.capacity.unwind_rows)
         .map_max_entries(map_names::STACKS, settings.capacity.stacks)

@@ -89,16 +89,37 @@ pub fn table(report: &Snapshot, all_frames: bool) -> String {
         report.totals.outstanding_allocations,
         report.totals.callsites,
     );
-    let _ = writeln!(
-        out,
-        "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures, {} truncated stacks",
-        c.allocations,
-        c.frees,
-        c.unknown_frees,
-        c.failed_allocations,
-        c.stack_failures,
-        c.truncated_stacks
-    );
+    match &report.sampling {
+        None => {
+            let _ = writeln!(
+                out,
+                "  events: {} allocations, {} frees, {} frees of unknown blocks, {} failed allocations, {} stack failures, {} truncated stacks",
+                c.allocations,
+                c.frees,
+                c.unknown_frees,
+                c.failed_allocations,
+                c.stack_failures,
+                c.truncated_stacks
+            );
+        }
+        Some(sampling) => {
+            let _ = writeln!(
+                out,
+                "  sampled, one point per {} B on average: bytes and allocations are estimates \
+                 from the {} outstanding blocks recorded, ±{} B and ±{} allocations in total \
+                 (one standard error)",
+                sampling.mean_bytes,
+                sampling.sampled_allocations,
+                sampling.bytes_error,
+                sampling.allocations_error
+            );
+            let _ = writeln!(
+                out,
+                "  events: {} allocations sampled, {} of them freed, {} failed allocations, {} stack failures, {} truncated stacks",
+                c.allocations, c.frees, c.failed_allocations, c.stack_failures, c.truncated_stacks
+            );
+        }
+    }
     for (count, what) in [
         (
             c.dropped_allocations,
@@ -183,6 +204,13 @@ pub fn table(report: &Snapshot, all_frames: bool) -> String {
             trend.bytes_per_s,
             verdict(trend.verdict)
         );
+        if let Some(estimate) = &site.estimate {
+            let _ = writeln!(
+                out,
+                "          estimated from {} sampled blocks: ±{} B, ±{} allocations",
+                estimate.sampled_allocations, estimate.bytes_error, estimate.allocations_error
+            );
+        }
         if trend.verdict != Verdict::NoLeak {
             let old_share = trend.old_allocations as f64 / site.allocations.max(1) as f64;
             let _ = writeln!(
@@ -325,6 +353,36 @@ mod tests {
             lost[0].starts_with("  WARNING: 2 events were lost: "),
             "{lost:?}"
         );
+    }
+
+    #[test]
+    fn a_sampled_report_says_its_figures_are_estimates_and_how_close() {
+        let mut snapshot = crate::snapshot::example();
+        snapshot.sampling = Some(crate::snapshot::Sampled {
+            mean_bytes: 524288,
+            sampled_allocations: 120,
+            bytes_error: 4000,
+            allocations_error: 30,
+        });
+        snapshot.callsites[0].estimate = Some(crate::snapshot::SiteEstimate {
+            sampled_allocations: 2,
+            bytes_error: 300,
+            allocations_error: 1,
+        });
+        let text = table(&snapshot, false);
+        assert!(
+            text.contains(
+                "sampled, one point per 524288 B on average: bytes and allocations are \
+                 estimates from the 120 outstanding blocks recorded, ±4000 B and ±30 \
+                 allocations in total"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("estimated from 2 sampled blocks: ±300 B, ±1 allocations"),
+            "{text}"
+        );
+        assert!(!text.contains("frees of unknown blocks"), "{text}");
     }
 
     #[test]

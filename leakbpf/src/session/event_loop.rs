@@ -27,7 +27,7 @@ use super::{
 use crate::{
     analyze::{self, Moment, OLD_AFTER_INTERVALS, Plumbing, Sort, Suppressions},
     attach::{self, Attacher, Image, ImageError, Scope},
-    kernel::{self, KernelMaps, Mode, Scan, SiteState},
+    kernel::{self, KernelMaps, Mode, Sampling, Scan, SiteState},
     output::{Output, ProcessSummary},
     serve::Latest,
     snapshot::Snapshot,
@@ -56,6 +56,7 @@ pub struct LoopSettings {
     pub interval: Duration,
     pub top: usize,
     pub min_age: Option<Duration>,
+    pub sampling: Option<Sampling>,
     pub count: Option<u64>,
     pub verbose: bool,
     pub sort: Sort,
@@ -499,6 +500,7 @@ impl EventLoop {
         Ok(self.maps.sites(Scan {
             allocated_before_ns: self.settings.min_age.map(before),
             old_before_ns: before(self.settings.interval * OLD_AFTER_INTERVALS),
+            sampling: self.settings.sampling,
         })?)
     }
 
@@ -649,6 +651,7 @@ impl EventLoop {
             counters,
             process: process.facts.clone(),
             rss: facts::rss(pid.get()),
+            sampling: self.settings.sampling,
         };
         let frames = &process.frames;
         let snapshot =

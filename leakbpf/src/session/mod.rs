@@ -27,7 +27,7 @@ use self::{
 use crate::{
     analyze::{Plumbing, Sort, Suppressions},
     attach::{self, Attacher, Image, Programs, Scope},
-    kernel::{self, Capacity, KernelMaps, LoadSettings, Mode},
+    kernel::{self, Capacity, KernelMaps, LoadSettings, Mode, Sampling},
     output::{Format, Output},
     serve::{self, Latest, Served},
     symbolize::SymbolizerHandle,
@@ -57,6 +57,8 @@ pub struct Settings {
     pub capacity: Capacity,
     /// Frames walked at most per stack.
     pub stack_depth: u32,
+    /// Only sampled allocations are recorded (`--sample-bytes`).
+    pub sampling: Option<Sampling>,
     pub verbose: bool,
     /// Empty programs instead of the real ones: the benchmark's floor.
     pub floor: bool,
@@ -164,6 +166,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         fields,
         stack_depth: settings.stack_depth,
         held: started,
+        sampling: settings.sampling,
     })?;
     let (unwinder, tables) =
         Unwinder::new(&mut maps).context("cannot start the unwind tables' thread")?;
@@ -266,6 +269,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             interval: settings.interval,
             top: settings.top,
             min_age: settings.min_age,
+            sampling: settings.sampling,
             count: settings.count,
             verbose: settings.verbose,
             sort: settings.sort,

@@ -135,7 +135,8 @@ pub(crate) fn alloc_enter(ctx: &ProbeContext) -> Result<(), ProbeError> {
     };
     // SAFETY: only this thread touches its own slot.
     let mut until_sample = unsafe { (*slot).until_sample };
-    let sampled = sample::mean_bytes().is_none_or(|mean| sample::sampled(&mut until_sample, size, mean));
+    let sampled =
+        sample::mean_bytes().is_none_or(|mean| sample::sampled(&mut until_sample, size, mean));
     // A call passed over is still kept, unwalked: its nested calls are not the program's,
     // and a realloc's return must still release the old block.
     let stack_id = if sampled {

@@ -463,11 +463,11 @@ mod tests {
         use leakbpf::snapshot as agent;
         let frame = |function: Option<&str>| leakbpf::symbolize::Frame {
             address: 0x55d0_c0de_1234,
-            function: function.map(str::to_owned),
-            module: function.map(|_| "/abs/path/chat_server".to_owned()),
+            function: function.map(Arc::from),
+            module: function.map(|_| Arc::from("/abs/path/chat_server")),
             offset: function.map(|_| 0x1233),
-            build_id: function.map(|_| "0123456789abcdef".to_owned()),
-            file: function.map(|_| "/abs/path/chat_server.cpp".to_owned()),
+            build_id: function.map(|_| Arc::from("0123456789abcdef")),
+            file: function.map(|_| Arc::from("/abs/path/chat_server.cpp")),
             line: function.map(|_| 42),
             inlined: function.is_some(),
             allocator: function.is_none(),

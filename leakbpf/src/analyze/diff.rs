@@ -78,7 +78,7 @@ fn key(frames: &[Frame]) -> Vec<String> {
         .iter()
         .map(
             |frame| match (&frame.function, &frame.module, frame.offset) {
-                (Some(function), _, _) => function.clone(),
+                (Some(function), _, _) => function.to_string(),
                 (None, Some(module), Some(offset)) => {
                     let name = module.rsplit('/').next().unwrap_or(module);
                     format!("{name}+{offset:#x}")

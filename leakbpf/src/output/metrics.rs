@@ -136,7 +136,7 @@ fn function_label(snapshot: &Snapshot, index: usize) -> String {
     let name = match site.frames.get(site.site_frame) {
         None => "[stack not available]".to_owned(),
         Some(frame) => match (&frame.function, &frame.module, frame.offset) {
-            (Some(function), _, _) => function.clone(),
+            (Some(function), _, _) => function.to_string(),
             (None, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
             _ => format!("{:#x}", frame.address),
         },
@@ -347,7 +347,7 @@ mod tests {
                 format!("f{index}")
             };
             site.frames = Arc::from([Frame {
-                function: Some(name),
+                function: Some(name.into()),
                 ..Frame::default()
             }]);
             sites.push(site);

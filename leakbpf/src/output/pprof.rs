@@ -15,6 +15,7 @@
 use std::{
     collections::HashMap,
     io::{self, Write},
+    sync::Arc,
     time::UNIX_EPOCH,
 };
 
@@ -78,7 +79,7 @@ impl Strings {
 type LocationKey = (u32, u64, usize);
 
 /// A mapping's key: the process, the file, and where the file's offset 0 would be.
-type MappingKey = (u32, String, u64);
+type MappingKey = (u32, Arc<str>, u64);
 
 struct Builder {
     strings: Strings,

@@ -4,7 +4,13 @@
 //! run; it is not `Send`, so it lives on a thread of its own, fed through a channel with
 //! whole batches of stacks.
 
-use std::{num::NonZeroU32, sync::mpsc, thread, time::Duration};
+use std::{
+    collections::HashSet,
+    num::NonZeroU32,
+    sync::{Arc, mpsc},
+    thread,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -18,28 +24,45 @@ use debuginfod::Debuginfod;
 pub use debuginfod::DebuginfodError;
 use worker::Worker;
 
-/// One frame of a symbolized stack.
+/// One frame of a symbolized stack. Its names are shared (see [`Names`]): a run holds
+/// frames by the hundred thousand, and a few hundred distinct names.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
     /// The return address, as the process saw it.
     #[serde(with = "hex")]
     pub address: u64,
     /// Demangled function name.
-    pub function: Option<String>,
+    pub function: Option<Arc<str>>,
     /// The object file the address is in.
-    pub module: Option<String>,
+    pub module: Option<Arc<str>>,
     /// The address's offset in that file.
     #[serde(with = "hex::option")]
     pub offset: Option<u64>,
     /// The build id of that file (its `.note.gnu.build-id`), in hex, when it has one.
-    pub build_id: Option<String>,
-    pub file: Option<String>,
+    pub build_id: Option<Arc<str>>,
+    pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     /// A function inlined into the frame below it: it shares its address.
     pub inlined: bool,
     /// Allocation plumbing between the allocator and the call site (see
     /// `analyze::plumbing`), marked once the frames are named.
     pub allocator: bool,
+}
+
+/// The names frames share: each distinct one is stored once.
+#[derive(Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// The shared copy of `name`.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
 }
 
 /// A stack to symbolize: its id and return addresses, innermost first.

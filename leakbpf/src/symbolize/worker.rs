@@ -2,7 +2,8 @@
 //! addresses, one batch at a time.
 
 use std::{
-    collections::BTreeMap, fs::File, io::Read, num::NonZeroU32, path::PathBuf, time::Duration,
+    cell::RefCell, collections::BTreeMap, fs::File, io::Read, num::NonZeroU32, path::PathBuf,
+    sync::Arc, time::Duration,
 };
 
 use blazesym::{
@@ -15,10 +16,12 @@ use blazesym::{
     },
 };
 
-use super::{Frame, NamedStacks, StackRequest, debuginfod::Debuginfod};
+use super::{Frame, NamedStacks, Names, StackRequest, debuginfod::Debuginfod};
 
 pub(super) struct Worker {
     symbolizer: Symbolizer,
+    /// Every name the frames hold, once.
+    names: RefCell<Names>,
     normalizer: Normalizer,
     debuginfod: Option<Debuginfod>,
 }
@@ -31,6 +34,7 @@ impl Worker {
                 .enable_code_info(true)
                 .enable_demangling(true)
                 .build(),
+            names: RefCell::default(),
             normalizer: Normalizer::new(),
             debuginfod,
         }
@@ -89,7 +93,7 @@ impl Worker {
                 }
             };
             for (&index, symbolized) in indexes.iter().zip(symbolized) {
-                let Some(symbol) = Symbol::of(symbolized) else {
+                let Some(symbol) = Symbol::of(symbolized, &mut self.names.borrow_mut()) else {
                     continue;
                 };
                 let frame = &frames[index];
@@ -182,7 +186,13 @@ impl Worker {
             .symbolizer
             .symbolize(&Source::Process(process.clone()), Input::AbsAddr(calls))
         {
-            Ok(symbolized) => symbolized.into_iter().map(Symbol::of).collect(),
+            Ok(symbolized) => {
+                let mut names = self.names.borrow_mut();
+                symbolized
+                    .into_iter()
+                    .map(|symbolized| Symbol::of(symbolized, &mut names))
+                    .collect()
+            }
             // blazesym gives up on the whole batch at the first address it cannot read (an
             // object with broken section headers or DWARF, a name that is not UTF-8): then
             // each address alone, so that costs only its own frames.
@@ -207,7 +217,7 @@ impl Worker {
                     .symbolize_single(&Source::Process(process), Input::AbsAddr(call))
                     .map_err(|err| log::debug!("cannot symbolize {call:#x}: {err}"))
                     .ok()
-                    .and_then(Symbol::of)
+                    .and_then(|symbolized| Symbol::of(symbolized, &mut self.names.borrow_mut()))
             })
     }
 
@@ -230,7 +240,7 @@ impl Worker {
                 let address = call + 1;
                 if let Some(area) = trampolines.as_ref().filter(|area| area.contains(&address)) {
                     return Some(Location {
-                        module: UPROBES_AREA.to_owned(),
+                        module: self.names.borrow_mut().get(UPROBES_AREA),
                         offset: address - area.start,
                         build_id: None,
                     });
@@ -238,11 +248,14 @@ impl Worker {
                 let output = normalized.as_ref()?;
                 let &(offset, meta) = output.outputs.get(index)?;
                 match output.meta.get(meta) {
-                    Some(UserMeta::Elf(elf)) => Some(Location {
-                        module: elf.path.display().to_string(),
-                        offset,
-                        build_id: elf.build_id.as_deref().map(hex_bytes),
-                    }),
+                    Some(UserMeta::Elf(elf)) => {
+                        let mut names = self.names.borrow_mut();
+                        Some(Location {
+                            module: names.get(&elf.path.display().to_string()),
+                            offset,
+                            build_id: elf.build_id.as_deref().map(|id| names.get(&hex_bytes(id))),
+                        })
+                    }
                     _ => None,
                 }
             })
@@ -261,9 +274,9 @@ fn has_memory_map(pid: NonZeroU32) -> bool {
 
 /// Where an address is in the files a process maps.
 struct Location {
-    module: String,
+    module: Arc<str>,
     offset: u64,
-    build_id: Option<String>,
+    build_id: Option<Arc<str>>,
 }
 
 /// Bytes in lowercase hex, as build ids are written (`file`, `readelf -n`, pprof).
@@ -283,25 +296,27 @@ fn uprobes_area(pid: NonZeroU32) -> Option<std::ops::Range<u64>> {
 }
 
 /// A source file and line.
-type SourceLocation = (String, Option<u32>);
+type SourceLocation = (Arc<str>, Option<u32>);
+
+/// Where blazesym says the code is.
+fn source_location(info: Option<&CodeInfo<'_>>, names: &mut Names) -> Option<SourceLocation> {
+    info.map(|info| (names.get(&info.to_path().display().to_string()), info.line))
+}
 
 /// What blazesym said about one address, owned.
 #[derive(Clone)]
 struct Symbol {
     /// Innermost first: the functions inlined at the address, then the real frame.
-    functions: Vec<(String, Option<SourceLocation>)>,
-    module: Option<String>,
+    functions: Vec<(Arc<str>, Option<SourceLocation>)>,
+    module: Option<Arc<str>>,
     /// The address in the module's own numbering, when no normalized offset is known.
     module_address: u64,
 }
 
 impl Symbol {
-    fn of(symbolized: Symbolized<'_>) -> Option<Self> {
+    fn of(symbolized: Symbolized<'_>, names: &mut Names) -> Option<Self> {
         let Symbolized::Sym(sym) = symbolized else {
             return None;
-        };
-        let location = |info: Option<&CodeInfo<'_>>| {
-            info.map(|info| (info.to_path().display().to_string(), info.line))
         };
         let mut functions: Vec<_> = sym
             .inlined
@@ -309,15 +324,18 @@ impl Symbol {
             .rev()
             .map(|inlined| {
                 (
-                    inlined.name.to_string(),
-                    location(inlined.code_info.as_ref()),
+                    names.get(&inlined.name),
+                    source_location(inlined.code_info.as_ref(), names),
                 )
             })
             .collect();
-        functions.push((sym.name.to_string(), location(sym.code_info.as_deref())));
+        functions.push((
+            names.get(&sym.name),
+            source_location(sym.code_info.as_deref(), names),
+        ));
         Some(Self {
             functions,
-            module: sym.module.map(|m| m.to_string_lossy().into_owned()),
+            module: sym.module.map(|m| names.get(&m.to_string_lossy())),
             module_address: sym.addr + sym.offset as u64,
         })
     }

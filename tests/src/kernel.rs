@@ -2,7 +2,13 @@
 //! lack, and the eBPF programs and links of a leakbpf process, read from its file
 //! descriptors and checked against bpftool's view once it has gone.
 
-use std::{collections::BTreeMap, fs, path::PathBuf, process::Command};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 
@@ -45,6 +51,9 @@ fn bpftool(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|err| panic!("bpftool {args:?} printed no JSON ({err})"))
 }
+
+/// How long after a process's exit the kernel may still hold what it released.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// Every loaded eBPF program: id -> name.
 fn bpf_program_names() -> BTreeMap<u64, String> {
@@ -120,15 +129,25 @@ impl KernelObjects {
     /// Checks that none of them is left in the kernel (run after the process exited):
     /// no program, no link (uprobe or perf_event) to one, no uprobe event it created.
     pub fn assert_released(&self) {
-        let loaded = bpf_program_names();
-        let left: Vec<_> = self
-            .programs
-            .iter()
-            .filter(|(id, _)| loaded.contains_key(id))
-            .collect();
+        // The kernel frees a uprobe_multi link, and then its program, after a grace
+        // period once the link is released: moments after the process's exit.
+        let deadline = Instant::now() + RELEASE_GRACE;
+        let left = loop {
+            let loaded = bpf_program_names();
+            let left: Vec<_> = self
+                .programs
+                .iter()
+                .filter(|(id, _)| loaded.contains_key(id))
+                .collect();
+            if left.is_empty() || Instant::now() > deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(
             left.is_empty(),
-            "programs of leakbpf (pid {}) are still loaded after it exited: {left:?}",
+            "programs of leakbpf (pid {}) are still loaded {RELEASE_GRACE:?} after it \
+             exited: {left:?}",
             self.pid
         );
         let links = bpftool(&["link", "show"]);

@@ -4,7 +4,15 @@
 //! Every link belongs to [`Programs`]: dropping it, or the agent's exit in any way
 //! (even SIGKILL, which closes the file descriptors), detaches every probe.
 
-use std::{collections::HashSet, num::NonZeroU32, os::unix::fs::MetadataExt};
+use std::{
+    collections::HashSet,
+    ffi::CString,
+    num::NonZeroU32,
+    os::{
+        fd::OwnedFd,
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+};
 
 use aya::{
     Ebpf,
@@ -23,7 +31,7 @@ use leakbpf_common::{
 };
 
 use super::plan::{Probe, Probed};
-use crate::kernel::{self, KernelError};
+use crate::kernel::{self, KernelError, MultiPrograms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -57,10 +65,14 @@ pub enum Scope {
 
 pub struct Programs {
     ebpf: Ebpf,
+    /// The uprobe programs for uprobe_multi links, where the kernel has them; else those
+    /// of `ebpf`, a perf-event link per probe.
+    multi: Option<MultiPrograms>,
     /// What is attached already: program, object file (device and inode: processes
     /// name one file by many paths), file offset, scope.
     attached: HashSet<(&'static str, (u64, u64), u64, Scope)>,
     /// Every link, for [`Programs::detach_all`].
+    multi_links: Vec<OwnedFd>,
     uprobe_links: Vec<(&'static str, UProbeLinkId)>,
     tracepoint_links: Vec<(&'static str, TracePointLinkId)>,
 }
@@ -70,21 +82,28 @@ pub struct Programs {
 const DETACH_THREADS: usize = 256;
 
 impl Programs {
-    /// The programs of `ebpf`, loaded (see [`crate::kernel::load`]), none attached yet.
-    pub fn new(ebpf: Ebpf) -> Self {
+    /// The programs of `ebpf` and `multi`, loaded (see [`crate::kernel::load`]), none
+    /// attached yet.
+    pub fn new(ebpf: Ebpf, multi: Option<MultiPrograms>) -> Self {
         Self {
             ebpf,
+            multi,
             attached: HashSet::new(),
+            multi_links: Vec::new(),
             uprobe_links: Vec::new(),
             tracepoint_links: Vec::new(),
         }
     }
 
-    /// Detaches every probe at once. Dropping links one by one costs one of the kernel's
-    /// grace periods each (0.1 s and more per uprobe here: 2 s for glibc's 17 probes);
-    /// dropped from threads of their own, they wait for the same one.
+    /// Detaches every probe at once. Dropping links one by one costs the kernel's grace
+    /// periods each (0.1 s and more per uprobe here: 2 s for glibc's 17 perf-event
+    /// links); dropped from threads of their own, uprobe_multi links wait for the same
+    /// ones (perf-event links still wait in turn: the kernel holds a lock across them).
     pub fn detach_all(&mut self) {
         let mut links: Vec<Box<dyn Send>> = Vec::new();
+        for link in std::mem::take(&mut self.multi_links) {
+            links.push(Box::new(link));
+        }
         for (name, id) in std::mem::take(&mut self.uprobe_links) {
             if let Ok(program) = kernel::program::<UProbe>(&mut self.ebpf, name)
                 && let Ok(link) = program.take_link(id)
@@ -143,75 +162,131 @@ impl Programs {
         scope: Scope,
         floor: bool,
     ) -> Result<Vec<Attached>, AttachError> {
-        let mut attached = Vec::new();
+        // The return probes first: a call whose entry is seen must have its return seen
+        // too, or its thread's call stays open and every later one looks nested; a
+        // return without its entry is ignored.
+        let mut returns = Vec::new();
+        let mut entries = Vec::new();
         for probe in probes {
             let (entry, cookie) = match probe.probed {
                 Probed::Alloc(kind) => {
                     let moved = moved_arguments(probe.arguments);
-                    (
-                        ALLOC_ENTER,
-                        Some(cookie_for(kind, probe.first_frame, moved)),
-                    )
+                    (ALLOC_ENTER, cookie_for(kind, probe.first_frame, moved))
                 }
-                Probed::Free => (FREE_ENTER, None),
-                Probed::Delete => (DELETE_ENTER, None),
+                Probed::Free => (FREE_ENTER, 0),
+                Probed::Delete => (DELETE_ENTER, 0),
                 // Left out of the stacks by the walk instead (see `plan::wrappers`).
                 Probed::New => continue,
                 // Nothing to measure there.
                 Probed::LoaderNotice if floor => continue,
-                Probed::LoaderNotice => (LOADER_NOTICE, None),
+                Probed::LoaderNotice => (LOADER_NOTICE, 0),
             };
-            // The return probe first: a call whose entry is seen must have its return
-            // seen too, or its thread's call stays open and every later one looks
-            // nested; a return without its entry is ignored.
-            let mut programs = Vec::new();
-            if matches!(probe.probed, Probed::Alloc(_)) {
-                programs.push((ALLOC_EXIT, None));
-            }
-            programs.push((entry, cookie));
             let file = std::fs::metadata(&probe.object.host_path)
                 .map(|meta| (meta.dev(), meta.ino()))
                 .map_err(|source| AttachError::Attach {
                     probe: probe.to_string(),
                     source: source.into(),
                 })?;
-            for (name, cookie) in programs {
-                let name = match (floor, name) {
-                    (false, name) => name,
-                    (true, ALLOC_EXIT) => FLOOR_EXIT,
-                    (true, _) => FLOOR_ENTER,
-                };
-                let key = (name, file, probe.file_offset, scope);
-                if self.attached.contains(&key) {
-                    continue;
-                }
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-                    cookie,
-                };
-                let kernel_scope = match scope {
-                    Scope::Process(pid) => UProbeScope::OneProcess(pid),
-                    Scope::System => UProbeScope::AllProcesses,
-                };
-                let link = kernel::program::<UProbe>(&mut self.ebpf, name)?
-                    .attach(point, &probe.object.host_path, kernel_scope)
-                    .map_err(|source| {
-                        let probe = probe.to_string();
-                        if os_error(&source) == Some(libc::EINVAL) {
-                            AttachError::Conflict { probe }
-                        } else {
-                            AttachError::Attach { probe, source }
-                        }
-                    })?;
-                self.attached.insert(key);
-                self.uprobe_links.push((name, link));
-                attached.push(Attached {
-                    program: name,
-                    probe: probe.to_string(),
-                });
+            if matches!(probe.probed, Probed::Alloc(_)) {
+                let name = if floor { FLOOR_EXIT } else { ALLOC_EXIT };
+                returns.push((name, file, probe, 0));
             }
+            let name = if floor { FLOOR_ENTER } else { entry };
+            entries.push((name, file, probe, cookie));
+        }
+        let mut attached = Vec::new();
+        for planned in [returns, entries] {
+            let mut keys = HashSet::new();
+            let new: Vec<_> = planned
+                .into_iter()
+                .filter(|&(name, file, probe, _)| {
+                    let key = (name, file, probe.file_offset, scope);
+                    !self.attached.contains(&key) && keys.insert(key)
+                })
+                .collect();
+            match self.multi.is_some() {
+                true => self.attach_multi(&new, scope)?,
+                false => self.attach_each(&new, scope)?,
+            }
+            self.attached.extend(keys);
+            attached.extend(new.iter().map(|&(program, _, probe, _)| Attached {
+                program,
+                probe: probe.to_string(),
+            }));
         }
         Ok(attached)
+    }
+
+    /// One uprobe_multi link per program and object for `planned`.
+    fn attach_multi(&mut self, planned: &[Planned<'_>], scope: Scope) -> Result<(), AttachError> {
+        let Some(multi) = &self.multi else {
+            return Ok(());
+        };
+        let mut groups: Vec<(&'static str, (u64, u64), Vec<&Planned<'_>>)> = Vec::new();
+        for item in planned {
+            let (name, file, _, _) = *item;
+            match groups.iter_mut().find(|(n, f, _)| (*n, *f) == (name, file)) {
+                Some((_, _, members)) => members.push(item),
+                None => groups.push((name, file, vec![item])),
+            }
+        }
+        for (name, _, members) in groups {
+            let first = members[0].2;
+            let describe = || match members.len() {
+                1 => first.to_string(),
+                n => format!("{first} and {} other probes in the same object", n - 1),
+            };
+            let path =
+                CString::new(first.object.host_path.as_os_str().as_bytes()).map_err(|err| {
+                    AttachError::Attach {
+                        probe: describe(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, err).into(),
+                    }
+                })?;
+            let offsets: Vec<u64> = members.iter().map(|item| item.2.file_offset).collect();
+            let cookies: Vec<u64> = members.iter().map(|item| item.3).collect();
+            let pid = match scope {
+                Scope::Process(pid) => pid.get(),
+                Scope::System => 0,
+            };
+            let at_return = matches!(name, ALLOC_EXIT | FLOOR_EXIT);
+            let link = multi
+                .link(name, &path, &offsets, &cookies, at_return, pid)
+                .map_err(|source| attach_error(describe(), source.into()))?;
+            self.multi_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// A perf-event link per probe of `planned`.
+    fn attach_each(&mut self, planned: &[Planned<'_>], scope: Scope) -> Result<(), AttachError> {
+        for &(name, _, probe, cookie) in planned {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                cookie: Some(cookie),
+            };
+            let kernel_scope = match scope {
+                Scope::Process(pid) => UProbeScope::OneProcess(pid),
+                Scope::System => UProbeScope::AllProcesses,
+            };
+            let link = kernel::program::<UProbe>(&mut self.ebpf, name)?
+                .attach(point, &probe.object.host_path, kernel_scope)
+                .map_err(|source| attach_error(probe.to_string(), source))?;
+            self.uprobe_links.push((name, link));
+        }
+        Ok(())
+    }
+}
+
+/// A probe to attach: program, object file (device and inode), the probe, its cookie.
+type Planned<'a> = (&'static str, (u64, u64), &'a Probe, u64);
+
+/// The error of an attach to `probe` that failed with `source`.
+fn attach_error(probe: String, source: ProgramError) -> AttachError {
+    if os_error(&source) == Some(libc::EINVAL) {
+        AttachError::Conflict { probe }
+    } else {
+        AttachError::Attach { probe, source }
     }
 }
 

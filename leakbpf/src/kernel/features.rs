@@ -9,65 +9,12 @@
 //! compiled out (CONFIG_UPROBES, CONFIG_BPF_EVENTS) or, without BTF, not known at all;
 //! and a distribution's kernel backports features its version does not tell of.
 
-use std::{
-    ffi::CStr,
-    fmt, io,
-    mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::Path,
-};
+use std::{fmt, io, path::Path};
+
+use super::bpf::{self, BPF_TRACE_UPROBE_MULTI, BPF_TRACE_UPROBE_SESSION};
 
 /// Where the kernel publishes its own BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// From `enum bpf_cmd`, `enum bpf_prog_type` and `enum bpf_attach_type` (uapi, stable).
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_KPROBE: u32 = 2;
-const BPF_TRACE_UPROBE_MULTI: u32 = 48;
-const BPF_TRACE_UPROBE_SESSION: u32 = 57;
-
-/// `r0 = 0; exit`: a program every attach type of kprobe programs accepts.
-const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
-const LICENSE: &CStr = c"GPL";
-
-/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-/// The `BPF_LINK_CREATE` member of `union bpf_attr`, with its `uprobe_multi` part.
-#[repr(C)]
-#[derive(Default)]
-struct UprobeMultiLinkAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    path: u64,
-    offsets: u64,
-    ref_ctr_offsets: u64,
-    cookies: u64,
-    cnt: u32,
-    uprobe_flags: u32,
-    pid: u32,
-    /// Named, so that it is zero: the kernel refuses non-zero bytes past the last field
-    /// it knows.
-    padding: u32,
-}
 
 /// Whether the kernel has a feature.
 #[derive(Debug)]
@@ -144,26 +91,19 @@ fn uname() -> (String, String) {
     (text(&names.release), text(&names.machine))
 }
 
+/// `r0 = 0; exit`: a program every attach type of kprobe programs accepts.
+const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
+
 /// Whether the kernel creates uprobe_multi links of `attach_type`: see the module's doc.
 fn link_type(attach_type: u32) -> Support {
-    let program = match load_return_zero(attach_type) {
+    let program = match bpf::load_kprobe(&RETURN_ZERO, attach_type, None, None) {
         Ok(program) => program,
         Err(err) if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
             return Support::Unknown(err);
         }
         Err(err) => return Support::No(err),
     };
-    let offsets = [0u64];
-    let path = c"/";
-    let mut attr = UprobeMultiLinkAttr {
-        prog_fd: program.as_raw_fd() as u32,
-        attach_type,
-        path: path.as_ptr() as u64,
-        offsets: offsets.as_ptr() as u64,
-        cnt: 1,
-        ..UprobeMultiLinkAttr::default()
-    };
-    match bpf(BPF_LINK_CREATE, &mut attr) {
+    match bpf::link_uprobe_multi(&program, attach_type, c"/", &[0], &[0], false, 0) {
         // A link on "/" cannot be: were there one, closing it detaches it.
         Ok(_link) => Support::Yes,
         Err(err) if err.raw_os_error() == Some(libc::EBADF) => Support::Yes,
@@ -171,46 +111,10 @@ fn link_type(attach_type: u32) -> Support {
     }
 }
 
-/// [`RETURN_ZERO`] loaded as a kprobe program for `attach_type`.
-fn load_return_zero(attach_type: u32) -> io::Result<OwnedFd> {
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_KPROBE,
-        insn_cnt: RETURN_ZERO.len() as u32,
-        insns: RETURN_ZERO.as_ptr() as u64,
-        license: LICENSE.as_ptr() as u64,
-        expected_attach_type: attach_type,
-        ..ProgLoadAttr::default()
-    };
-    bpf(BPF_PROG_LOAD, &mut attr)
-}
-
-/// The `bpf` system call with `command` and its `attr`; the descriptor it returns.
-fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is the member of `union bpf_attr` that `command` reads, all its
-    // bytes initialized; its pointers point at statics or at locals of the caller, alive
-    // for the call.
-    let result = unsafe { libc::syscall(libc::SYS_bpf, command, &raw mut *attr, size_of::<A>()) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(result).map_err(|_| io::Error::other("descriptor out of range"))?;
-    // SAFETY: a new descriptor the kernel just gave this process, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support;
-
-    #[test]
-    fn the_attributes_are_laid_out_as_the_kernel_reads_them() {
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
-        assert_eq!(size_of::<ProgLoadAttr>(), 72);
-        assert_eq!(std::mem::offset_of!(UprobeMultiLinkAttr, path), 16);
-        assert_eq!(std::mem::offset_of!(UprobeMultiLinkAttr, pid), 56);
-        assert_eq!(size_of::<UprobeMultiLinkAttr>(), 64);
-    }
 
     #[test]
     fn an_attach_type_no_kernel_has_is_refused() {

@@ -4,9 +4,11 @@
 //! for bug reports ([`features`]).
 
 mod batch;
+mod bpf;
 mod clock;
 pub mod features;
 mod maps;
+mod multi;
 mod sampling;
 mod shared;
 
@@ -25,6 +27,7 @@ use leakbpf_common::{
 pub use self::{
     clock::boot_time_ns,
     maps::{Counters, Forget, KernelMaps, Scan, SiteState},
+    multi::MultiPrograms,
     sampling::{Estimate, Sampling},
 };
 use crate::attach::ProcessFields;
@@ -103,8 +106,12 @@ pub enum KernelError {
 }
 
 /// Loads the programs into the kernel: the loaded object, which holds the programs
-/// (for [`crate::attach`]), and its maps.
-pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> {
+/// (for [`crate::attach`]), the uprobe programs for uprobe_multi links where the kernel
+/// has them (else the object's own are loaded, for a perf-event link per probe), and
+/// the object's maps.
+pub fn load(
+    settings: &LoadSettings,
+) -> Result<(Ebpf, Option<MultiPrograms>, KernelMaps), KernelError> {
     let target = match settings.mode {
         Mode::One(pid) => pid.get(),
         Mode::Set => 0,
@@ -144,11 +151,23 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
         .map_max_entries(map_names::CALL_SLOTS, call_slots())
         .load(OBJECT)
         .map_err(KernelError::Load)?;
-    for name in UPROBES.into_iter().chain(URETPROBES) {
-        let program: &mut UProbe = program(&mut ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| KernelError::Program { name, source })?;
+    let multi = match MultiPrograms::load(&ebpf, OBJECT, UPROBES.into_iter().chain(URETPROBES)) {
+        Ok(multi) => Some(multi),
+        Err(err) => {
+            log::info!(
+                "uprobe_multi links: {:#}; a perf-event link per probe instead",
+                anyhow::Error::from(err)
+            );
+            None
+        }
+    };
+    if multi.is_none() {
+        for name in UPROBES.into_iter().chain(URETPROBES) {
+            let program: &mut UProbe = program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| KernelError::Program { name, source })?;
+        }
     }
     for name in TRACEPOINTS {
         let program: &mut TracePoint = program(&mut ebpf, name)?;
@@ -157,7 +176,7 @@ pub fn load(settings: &LoadSettings) -> Result<(Ebpf, KernelMaps), KernelError> 
             .map_err(|source| KernelError::Program { name, source })?;
     }
     let maps = KernelMaps::take(&mut ebpf, settings.capacity.unwind_rows)?;
-    Ok((ebpf, maps))
+    Ok((ebpf, multi, maps))
 }
 
 /// Program `name` of `ebpf`, as the kind of program it is.

@@ -159,7 +159,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             None
         }
     };
-    let (ebpf, mut maps) = kernel::load(&LoadSettings {
+    let (ebpf, multi, mut maps) = kernel::load(&LoadSettings {
         capacity: settings.capacity,
         mode,
         follow_forks: settings.follow_forks,
@@ -170,7 +170,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
     })?;
     let (unwinder, tables) =
         Unwinder::new(&mut maps).context("cannot start the unwind tables' thread")?;
-    let mut attacher = Attacher::new(Programs::new(ebpf), unwinder, prefix, settings.floor);
+    let mut attacher = Attacher::new(Programs::new(ebpf, multi), unwinder, prefix, settings.floor);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

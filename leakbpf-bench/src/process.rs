@@ -280,9 +280,14 @@ pub fn wait_attached(tool: &mut Proc, log: &Path, marker: &str, limit: Duration)
 
 /// The last lines of `log`, for an error message.
 pub fn tail(log: &Path) -> String {
+    tail_lines(log, 4)
+}
+
+/// The last `count` lines of `log`, for an error message.
+pub fn tail_lines(log: &Path, count: usize) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(4);
+    let start = lines.len().saturating_sub(count);
     if lines.is_empty() {
         format!(" (nothing in {})", log.display())
     } else {

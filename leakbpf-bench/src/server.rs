@@ -179,8 +179,10 @@ fn measure(toolbox: &Toolbox, tool: Tool, dir: &Path) -> Result<BTreeMap<String,
         }
         attach.current_dir(dir);
         let mut proc = process::spawn_logged(&mut attach, &tool_log, tool.name())?;
-        process::wait_attached(&mut proc, &tool_log, marker, START_LIMIT)
-            .context("cannot attach")?;
+        if let Err(e) = process::wait_attached(&mut proc, &tool_log, marker, START_LIMIT) {
+            still_running(&mut proc, tool, &tool_log)?;
+            return Err(e.context("cannot attach"));
+        }
         agent = Some(proc);
     }
     let mut load = Command::new(REDIS_BENCHMARK);
@@ -189,6 +191,8 @@ fn measure(toolbox: &Toolbox, tool: Tool, dir: &Path) -> Result<BTreeMap<String,
     let rates = parse_csv(&output)?;
 
     if let Some(mut proc) = agent {
+        // memleak can fail to attach after its marker: then the load ran without it.
+        still_running(&mut proc, tool, &tool_log)?;
         let status = proc.interrupt(STOP_LIMIT)?;
         if !status.success() {
             bail!(
@@ -206,6 +210,19 @@ fn measure(toolbox: &Toolbox, tool: Tool, dir: &Path) -> Result<BTreeMap<String,
         );
     }
     Ok(rates)
+}
+
+/// Fails if `tool` has exited: it could not attach, and its error is the last line it
+/// wrote (memleak's Python exception).
+fn still_running(proc: &mut Proc, tool: Tool, log: &Path) -> Result<()> {
+    match proc.exited()? {
+        Some(status) => bail!(
+            "cannot attach: {} exited ({status}){}",
+            tool.name(),
+            process::tail_lines(log, 1)
+        ),
+        None => Ok(()),
+    }
 }
 
 /// A port nobody listens on now: the kernel's pick for a listener closed at once.

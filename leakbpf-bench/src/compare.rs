@@ -15,31 +15,40 @@ use clap::Args;
 use devutil::header;
 
 use crate::{
+    exit_latency,
     machine::Machine,
     provenance, report,
-    results::{self, BuildInfo, Collected, Results, ToolResult, WorkloadInfo},
-    scale, session,
+    results::{self, BuildInfo, Collected, Measured, Results, ToolResult, WorkloadInfo},
+    sampled_leak, scale, server, session,
     tools::{Tool, Toolbox},
-    workloads::{self, Build, Durations, Workload},
+    workloads::{self, Allocator, Build, Durations, Workload},
 };
 
 /// Options of the comparison.
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// A smoke run (about a minute, most of it leakbpf detaching): 1 repetition, short
-    /// loops, only baseline, leakbpf and floor, no scale test
+    /// A smoke run (about two minutes, most of it leakbpf detaching): 1 repetition, short
+    /// loops, only baseline, leakbpf and floor, no scale test, no server
     #[arg(long, visible_alias = "smoke")]
     pub quick: bool,
     /// Repetitions of every run (5 by default, 1 with --quick)
     #[arg(long, visible_alias = "repetitions", value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: Option<u32>,
     /// Only these tools, comma-separated (baseline is always run): baseline, leakbpf,
-    /// floor, memleak, bpftrace, heaptrack, valgrind
+    /// leakbpf-sampled, floor, memleak, bpftrace, heaptrack, valgrind
     #[arg(long, value_delimiter = ',')]
     pub tools: Vec<String>,
+    /// Only these workloads of the interleaved comparison, comma-separated (`none` for
+    /// only the separate tests): malloc_free, malloc_free_jemalloc, malloc_free_tcmalloc,
+    /// malloc_free_mimalloc, malloc_free_deep, mixed, chat, chat_fixed_load
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
     /// Skip the agent's scale test (1,000,000 allocations over 10,000 stacks)
     #[arg(long)]
     pub no_scale: bool,
+    /// Skip the real server (redis-server under redis-benchmark); --quick skips it too
+    #[arg(long)]
+    pub no_server: bool,
     /// Offered load of the production view, in chat messages per second
     #[arg(long, default_value_t = 20_000.0)]
     pub rate: f64,
@@ -69,6 +78,7 @@ const QUICK: Durations = Durations {
 pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
     let started = Instant::now();
     let tools = chosen_tools(args)?;
+    let chosen_workloads = chosen_workloads(args)?;
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 }) as usize;
     let durations = Durations {
         rate: args.rate,
@@ -93,12 +103,22 @@ pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
     for (tool, why) in &not_run {
         println!("{tool}: not run: {why}");
     }
+    let workloads_not_run: BTreeMap<Workload, String> = Workload::ALL
+        .iter()
+        .filter_map(|&w| Some((w, w.allocator().unavailable()?)))
+        .collect();
+    for (workload, why) in &workloads_not_run {
+        println!("{}: not run: {why}", workload.name());
+    }
 
     let mut collected = Collected::default();
     for rep in 0..reps {
         // The builds of a workload back to back: their difference is the point, so they
         // share the machine's state as closely as the interleaving allows.
-        for workload in Workload::ALL {
+        for &workload in chosen_workloads
+            .iter()
+            .filter(|w| !workloads_not_run.contains_key(w))
+        {
             for &build in workload.builds() {
                 header(&format!(
                     "repetition {}/{reps}: {} ({})",
@@ -135,14 +155,50 @@ pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
     let (agent_scale, agent_scale_note) = if args.quick || args.no_scale {
         (None, Some("skipped (--quick or --no-scale)".to_owned()))
     } else {
-        scale_test(agent, &binaries, &runs.join("scale"))
+        outcome(
+            "agent scale test",
+            scale::run(agent, &binaries, &runs.join("scale")),
+        )
+    };
+    let (sampled_leak, sampled_leak_note) = outcome(
+        "sampled estimate",
+        sampled_leak::run(agent, &binaries, &runs.join("sampled_leak")),
+    );
+    // The smallest workload: one batch of pairs, then its end.
+    let once = Durations {
+        malloc_free: 0.0,
+        ..durations
+    };
+    let smallest = binaries.command(Build::FramePointers, Workload::MallocFree, &once);
+    let (exit_latency, exit_latency_note) = outcome(
+        "exit latency",
+        exit_latency::run(agent, &smallest, &runs.join("exit")),
+    );
+    let (server, server_note) = if args.quick || args.no_server {
+        (None, Some("skipped (--quick or --no-server)".to_owned()))
+    } else {
+        let server_tools: Vec<Tool> = server::tools_for(&tools)
+            .into_iter()
+            .filter(|t| !not_run.contains_key(t.name()))
+            .collect();
+        outcome(
+            "server",
+            server::run(&toolbox, &server_tools, reps, &runs.join("server")),
+        )
     };
 
     let tool_results = summarise(&tools, &collected, &not_run, &toolbox);
     let added_cost = results::added_costs(&tool_results);
-    let targets = results::check_targets(&tool_results, &added_cost, agent_scale.as_ref());
+    let targets = results::check_targets(&Measured {
+        tools: &tool_results,
+        added: &added_cost,
+        scale: agent_scale.as_ref(),
+        sampled_leak: sampled_leak.as_ref(),
+        exit_latency: exit_latency.as_ref(),
+        server: server.as_ref(),
+    });
     let results = Results {
-        schema_version: 2,
+        schema_version: results::SCHEMA_VERSION,
         command: provenance::command_line(),
         date_utc: provenance::date_utc(),
         quick: args.quick,
@@ -159,38 +215,47 @@ pub fn run(root: &Path, agent: &Path, args: &CompareArgs) -> Result<()> {
                 flags: b.flags(),
             })
             .collect(),
-        workloads: workload_infos(&durations),
+        workloads: workload_infos(&durations, &workloads_not_run),
         tools: tool_results,
         added_cost,
         agent_scale,
         agent_scale_note,
+        sampled_leak,
+        sampled_leak_note,
+        exit_latency,
+        exit_latency_note,
+        server,
+        server_note,
         targets,
     };
     header("results");
-    // Only a full run of every tool stands for the project in the docs.
-    let docs = !args.quick && args.tools.is_empty() && !args.no_scale;
+    // Only a full run of every tool and workload stands for the project in the docs.
+    let docs = !args.quick
+        && args.tools.is_empty()
+        && args.workloads.is_empty()
+        && !args.no_scale
+        && !args.no_server;
     report::publish(root, &out, &results, docs)?;
     println!("bench finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// The scale test's result, or why there is none.
-fn scale_test(
-    agent: &Path,
-    binaries: &workloads::Binaries,
-    dir: &Path,
-) -> (Option<scale::ScaleResult>, Option<String>) {
-    match scale::run(agent, binaries, dir) {
+/// A separate test's result, or why there is none: its failure does not end the bench.
+fn outcome<T>(test: &str, result: Result<T>) -> (Option<T>, Option<String>) {
+    match result {
         Ok(result) => (Some(result), None),
         Err(e) => {
             let error = format!("{e:#}").replace('\n', " ");
-            println!("agent scale test FAILED: {error}");
+            println!("{test} FAILED: {error}");
             (None, Some(format!("failed: {error}")))
         }
     }
 }
 
-fn workload_infos(durations: &Durations) -> Vec<WorkloadInfo> {
+fn workload_infos(
+    durations: &Durations,
+    not_run: &BTreeMap<Workload, String>,
+) -> Vec<WorkloadInfo> {
     Workload::ALL
         .iter()
         .map(|&w| {
@@ -202,17 +267,29 @@ fn workload_infos(durations: &Durations) -> Vec<WorkloadInfo> {
                 unit: unit.to_owned(),
                 arguments: workloads::arguments(w, durations),
                 builds: w.builds().iter().map(|b| b.name().to_owned()).collect(),
+                allocator: w.allocator().name().to_owned(),
+                preload: w.allocator().preload().map(str::to_owned),
+                not_run: not_run.get(&w).cloned(),
             }
         })
         .collect()
 }
 
 /// Whether `tool` is run on `workload` built as `build`. Without frame pointers the peers
-/// are measured only where a target compares leakbpf with them (malloc_free, chat): their
-/// cost there is what they cost on such programs, though their stacks stop at the first
-/// frame without a frame pointer; every peer on every workload of both builds would double
-/// the full run.
+/// (leakbpf-sampled with them) are measured only where a target compares leakbpf with
+/// them (malloc_free, chat): their cost there is what they cost on such programs, though
+/// their stacks stop at the first frame without a frame pointer; every peer on every
+/// workload of both builds would double the full run. On a preloaded allocator only
+/// leakbpf's runs: the peers probe libc's malloc (memleak, bpftrace), or preload their
+/// own (heaptrack) or replace it (valgrind).
 fn planned(tool: Tool, build: Build, workload: Workload) -> bool {
+    let leakbpf = matches!(
+        tool,
+        Tool::Baseline | Tool::Leakbpf | Tool::LeakbpfSampled | Tool::Floor
+    );
+    if workload.allocator() != Allocator::Glibc {
+        return leakbpf;
+    }
     build == Build::FramePointers
         || matches!(tool, Tool::Baseline | Tool::Leakbpf | Tool::Floor)
         || matches!(workload, Workload::MallocFree | Workload::Chat)
@@ -229,14 +306,14 @@ impl Run<'_> {
     /// Measures, with up to [`results::ATTEMPTS`] attempts, into `collected`.
     fn run(&self, toolbox: &Toolbox, binaries: &workloads::Binaries, collected: &mut Collected) {
         let (tool, build, workload) = self.key;
-        let (program, args) = binaries.command(build, workload, self.durations);
+        let invocation = binaries.command(build, workload, self.durations);
         let loop_s = self.durations.of(workload);
         for attempt in 1..=results::ATTEMPTS {
             let dir = match attempt {
                 1 => self.dir.clone(),
                 n => self.dir.with_extension(format!("attempt{n}")),
             };
-            match session::measure(toolbox, tool, &program, &args, loop_s, &dir) {
+            match session::measure(toolbox, tool, &invocation, loop_s, &dir) {
                 Ok(sample) => {
                     progress(tool, workload, &sample);
                     collected.add(self.key, sample);
@@ -244,7 +321,7 @@ impl Run<'_> {
                 }
                 Err(e) => {
                     let error = format!("{e:#}").replace('\n', " ");
-                    println!("  {:<10} attempt {attempt} FAILED: {error}", tool.name());
+                    println!("  {:<15} attempt {attempt} FAILED: {error}", tool.name());
                     collected.attempt_failed(self.key, error);
                     if attempt < results::ATTEMPTS {
                         thread::sleep(RETRY_PAUSE);
@@ -278,11 +355,37 @@ fn chosen_tools(args: &CompareArgs) -> Result<Vec<Tool>> {
         .collect())
 }
 
+/// The workloads `--workloads` names, in the fixed order; all of them by default.
+fn chosen_workloads(args: &CompareArgs) -> Result<Vec<Workload>> {
+    if args.workloads.is_empty() {
+        return Ok(Workload::ALL.to_vec());
+    }
+    let mut chosen = Vec::new();
+    for name in &args.workloads {
+        let name = name.trim();
+        if name == "none" {
+            continue;
+        }
+        let workload = Workload::parse(name).with_context(|| {
+            let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+            format!(
+                "unknown workload {name:?}: one of {}, or none",
+                names.join(", ")
+            )
+        })?;
+        chosen.push(workload);
+    }
+    Ok(Workload::ALL
+        .into_iter()
+        .filter(|w| chosen.contains(w))
+        .collect())
+}
+
 fn progress(tool: Tool, workload: Workload, sample: &session::Sample) {
     let (metric, _) = workload.metric();
     let value = sample.results.get(metric).copied().unwrap_or(f64::NAN);
     let mut line = format!(
-        "  {:<10} {metric} {:>12}  target {:.3} CPU-s/s",
+        "  {:<15} {metric} {:>12}  target {:.3} CPU-s/s",
         tool.name(),
         results::num(value),
         sample.target_cpu_per_s
@@ -349,11 +452,39 @@ mod tests {
         for workload in Workload::ALL {
             assert!(planned(Tool::Leakbpf, nofp, workload));
             assert!(planned(Tool::Floor, nofp, workload));
-            assert!(planned(Tool::Valgrind, Build::FramePointers, workload));
+            let glibc = workload.allocator() == Allocator::Glibc;
+            assert_eq!(
+                planned(Tool::Valgrind, Build::FramePointers, workload),
+                glibc
+            );
         }
+        assert!(planned(Tool::LeakbpfSampled, nofp, Workload::MallocFree));
+        assert!(!planned(Tool::LeakbpfSampled, nofp, Workload::Mixed));
         assert!(planned(Tool::Memleak, nofp, Workload::Chat));
         assert!(planned(Tool::Bpftrace, nofp, Workload::MallocFree));
         assert!(!planned(Tool::Memleak, nofp, Workload::Mixed));
         assert!(!planned(Tool::Heaptrack, nofp, Workload::MallocFreeDeep));
+    }
+
+    #[test]
+    fn only_leakbpf_and_its_floor_run_on_a_preloaded_allocator() {
+        let fp = Build::FramePointers;
+        for tool in [
+            Tool::Baseline,
+            Tool::Leakbpf,
+            Tool::LeakbpfSampled,
+            Tool::Floor,
+        ] {
+            assert!(planned(tool, fp, Workload::MallocFreeMimalloc));
+        }
+        for tool in [
+            Tool::Memleak,
+            Tool::Bpftrace,
+            Tool::Heaptrack,
+            Tool::Valgrind,
+        ] {
+            assert!(!planned(tool, fp, Workload::MallocFreeJemalloc));
+            assert!(planned(tool, fp, Workload::MallocFree));
+        }
     }
 }

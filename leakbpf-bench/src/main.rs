@@ -1,13 +1,15 @@
 //! leakbpf's benchmark, run as `cargo xtask bench [SUBCOMMAND] [OPTIONS]` (xtask builds it
 //! in release mode with the agent it measures):
 //! - `compare`, the default: leakbpf against no tool, its floor (the same probes with
-//!   empty programs) and peer tools, on the same workloads, interleaved
+//!   empty programs) and peer tools, on the same workloads, interleaved, and the separate
+//!   tests: the agent at scale, a sampled estimate, leakbpf's exit, a real server
 //!   (docs/benchmarks.md);
 //! - `soak`: the chat-server demo under leakbpf for minutes (docs/soak.md);
 //! - `fuzz`: the cargo-fuzz targets in fuzz/ (docs/fuzzing.md);
 //! - `setup-peers`: installs and prepares the peer tools.
 
 mod compare;
+mod exit_latency;
 mod fuzz;
 mod machine;
 mod peers;
@@ -16,7 +18,9 @@ mod procinfo;
 mod provenance;
 mod report;
 mod results;
+mod sampled_leak;
 mod scale;
+mod server;
 mod session;
 mod soak;
 mod stats;
@@ -139,9 +143,12 @@ mod tests {
             panic!("not compare: {cli:?}");
         };
         assert_eq!(
-            (args.reps, args.no_scale, args.quick),
-            (Some(2), true, false)
+            (args.reps, args.no_scale, args.quick, args.no_server),
+            (Some(2), true, false, false)
         );
+        let cli = parse(&["--workloads", "malloc_free_jemalloc,none", "--no-server"]).unwrap();
+        assert_eq!(cli.compare.workloads, ["malloc_free_jemalloc", "none"]);
+        assert!(cli.compare.no_server);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `cargo xtask bench setup-peers`: installs the peer tools and prepares what they need
-//! on this machine (kernel headers for BCC, tracefs).
+//! `cargo xtask bench setup-peers`: installs the peer tools, the allocators and the server
+//! the bench runs, and prepares what the peers need on this machine (kernel headers for
+//! BCC, tracefs).
 
 use std::{
     fs,
@@ -11,7 +12,9 @@ use anyhow::{Context, Result, bail};
 use devutil::{as_root, header, try_output, which};
 
 /// The peers' Debian packages; `linux-headers-amd64` is for BCC's compiler, g++ and make
-/// for the bench's own workloads and the demo chat server.
+/// for the bench's own workloads and the demo chat server; the libraries are the
+/// allocators the malloc/free loop is preloaded with (crate::workloads::Allocator), and
+/// redis the real server under its load generator (crate::server).
 const PACKAGES: &[&str] = &[
     "g++",
     "make",
@@ -20,6 +23,11 @@ const PACKAGES: &[&str] = &[
     "heaptrack",
     "valgrind",
     "linux-headers-amd64",
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+    "redis-server",
+    "redis-tools",
 ];
 /// The commands the bench needs, for machines without apt.
 const COMPILERS: &[&str] = &["gcc", "g++", "make"];
@@ -28,6 +36,9 @@ pub const MEMLEAK: &str = "memleak-bpfcc";
 pub const BPFTRACE: &str = "bpftrace";
 pub const HEAPTRACK: &str = "heaptrack";
 pub const VALGRIND: &str = "valgrind";
+/// The server and its load generator.
+pub const REDIS_SERVER: &str = "redis-server";
+pub const REDIS_BENCHMARK: &str = "redis-benchmark";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Installs the packages, links the kernel headers and mounts tracefs.
@@ -39,13 +50,21 @@ pub fn setup() -> Result<()> {
         let missing: Vec<&str> = COMPILERS
             .iter()
             .copied()
-            .chain([MEMLEAK, BPFTRACE, HEAPTRACK, VALGRIND])
+            .chain([
+                MEMLEAK,
+                BPFTRACE,
+                HEAPTRACK,
+                VALGRIND,
+                REDIS_SERVER,
+                REDIS_BENCHMARK,
+            ])
             .filter(|c| which(c).is_none())
             .collect();
         if !missing.is_empty() {
             bail!(
-                "not a Debian system, so xtask cannot install the peers: install {} \
-                 and the kernel headers with your package manager",
+                "not a Debian system, so xtask cannot install the peers: install {}, \
+                 the kernel headers, jemalloc, tcmalloc and mimalloc with your package \
+                 manager",
                 missing.join(", ")
             );
         }
@@ -60,6 +79,8 @@ pub fn setup() -> Result<()> {
         (BPFTRACE, "--version"),
         (HEAPTRACK, "--version"),
         (VALGRIND, "--version"),
+        (REDIS_SERVER, "--version"),
+        (REDIS_BENCHMARK, "--version"),
     ] {
         let found = try_output(Command::new(program).arg(arg))
             .map(|text| text.lines().next().unwrap_or_default().to_owned());

@@ -228,6 +228,17 @@ pub fn spawn_logged(cmd: &mut Command, log: &Path, label: &str) -> Result<Proc> 
     Proc::spawn(cmd, label)
 }
 
+/// Runs `cmd` to its end, at most `limit`, its stdout and stderr into `log`; their text,
+/// or an error with its last lines if it fails.
+pub fn output_within(cmd: &mut Command, log: &Path, limit: Duration) -> Result<String> {
+    let label = describe(cmd);
+    let status = spawn_logged(cmd, log, &label)?.wait(limit)?;
+    if !status.success() {
+        bail!("`{label}` exited with {status}{}", tail(log));
+    }
+    fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))
+}
+
 /// Waits up to `limit` for `marker` in `log` and then for the tool's perf-event file
 /// descriptors to stay unchanged for a moment: its uprobes are in place.
 pub fn wait_attached(tool: &mut Proc, log: &Path, marker: &str, limit: Duration) -> Result<()> {
@@ -269,9 +280,14 @@ pub fn wait_attached(tool: &mut Proc, log: &Path, marker: &str, limit: Duration)
 
 /// The last lines of `log`, for an error message.
 pub fn tail(log: &Path) -> String {
+    tail_lines(log, 4)
+}
+
+/// The last `count` lines of `log`, for an error message.
+pub fn tail_lines(log: &Path, count: usize) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(4);
+    let start = lines.len().saturating_sub(count);
     if lines.is_empty() {
         format!(" (nothing in {})", log.display())
     } else {

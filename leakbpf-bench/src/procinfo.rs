@@ -116,22 +116,24 @@ pub fn perf_event_fds(pid: u32) -> usize {
 
 /// The file backing `pid`'s libc mapping (for the bpftrace script's probes).
 pub fn mapped_libc(pid: u32) -> Result<PathBuf> {
+    mapped_object(pid, "libc", &|n| {
+        n.starts_with("libc.so") || n.starts_with("libc-")
+    })
+}
+
+/// The first file `pid` maps whose name `is` accepts; `what` names it in the error.
+pub fn mapped_object(pid: u32, what: &str, is: &dyn Fn(&str) -> bool) -> Result<PathBuf> {
     let maps = process(pid)?
         .maps()
         .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
     maps.into_iter()
         .find_map(|map| match map.pathname {
-            MMapPath::Path(path)
-                if path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-")) =>
-            {
+            MMapPath::Path(path) if path.file_name().and_then(|n| n.to_str()).is_some_and(is) => {
                 Some(path)
             }
             _ => None,
         })
-        .with_context(|| format!("pid {pid} maps no libc"))
+        .with_context(|| format!("pid {pid} maps no {what}"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::{
     results::{Results, ToolResult, num},
     stats::Summary,
-    workloads::{Build, Workload},
+    tools::Tool,
+    workloads::{Allocator, Build, Workload},
 };
 
 /// A part of the docs that a run's results replace: the text between two markers.
@@ -76,6 +77,7 @@ pub fn markdown(results: &Results) -> String {
          only.\n\n",
     );
     cost_table(&mut md, results);
+    allocator_table(&mut md, results);
     unwind_table(&mut md, results);
     for build in Build::ALL {
         let _ = writeln!(md, "### {} build ({})\n", build.name(), build.description());
@@ -84,6 +86,9 @@ pub fn markdown(results: &Results) -> String {
         agent_table(&mut md, results, build);
     }
     scale_table(&mut md, results);
+    sampled_leak_table(&mut md, results);
+    exit_latency_line(&mut md, results);
+    server_table(&mut md, results);
     targets(&mut md, results);
     tools(&mut md, results);
     md
@@ -151,6 +156,54 @@ fn cost_table(md: &mut String, results: &Results) {
             figure(cost.ns_per_pair),
             figure(cost.deep_stack_ns_per_pair),
             figure(cost.chat_us_per_msg),
+        );
+    }
+    md.push('\n');
+}
+
+/// The malloc/free loop on each allocator: each tool's added cost next to its floor's on
+/// the same allocator, what the floor's targets are about.
+fn allocator_table(md: &mut String, results: &Results) {
+    let build = Build::FramePointers;
+    let tool = |t: Tool| results.tools.iter().find(|r| r.tool == t.name());
+    let added = |t: Tool, a: Allocator| {
+        results
+            .added_cost
+            .iter()
+            .find(|c| c.tool == t.name() && c.build == build.name())
+            .and_then(|c| c.per_pair(a))
+    };
+    md.push_str(
+        "Allocators (fp build): the malloc/free loop on glibc's allocator and on each one \
+         preloaded; added cost per pair over the baseline on the same allocator, ns.\n\n\
+         | allocator | baseline ns per pair | leakbpf | floor | leakbpf ÷ floor | \
+         leakbpf-sampled |\n|---|--:|--:|--:|--:|--:|\n",
+    );
+    for allocator in Allocator::ALL {
+        let workload = allocator.pairs();
+        let not_run = results
+            .workloads
+            .iter()
+            .find(|w| w.name == workload.name())
+            .and_then(|w| w.not_run.as_deref());
+        if let Some(why) = not_run {
+            let _ = writeln!(md, "| {} | not run: {why} | | | | |", allocator.name());
+            continue;
+        }
+        let baseline = tool(Tool::Baseline).and_then(|t| t.result(build, workload));
+        let (leakbpf, floor) = (
+            added(Tool::Leakbpf, allocator),
+            added(Tool::Floor, allocator),
+        );
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            allocator.name(),
+            cell(baseline.and_then(|r| r.value.as_ref())),
+            figure(leakbpf),
+            figure(floor),
+            ratio(leakbpf.zip(floor).map(|(l, f)| l / f)),
+            figure(added(Tool::LeakbpfSampled, allocator)),
         );
     }
     md.push('\n');
@@ -341,6 +394,89 @@ fn scale_table(md: &mut String, results: &Results) {
         s.dropped_allocations,
         s.callsites,
     );
+}
+
+fn sampled_leak_table(md: &mut String, results: &Results) {
+    let Some(l) = &results.sampled_leak else {
+        let _ = writeln!(
+            md,
+            "Sampled estimate: {}.\n",
+            results.sampled_leak_note.as_deref().unwrap_or("not run")
+        );
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Sampled estimate: `{}` on {} bytes leaked in {} blocks at one call site \
+         (leakbpf-bench/workloads/sampled_leak.c), among malloc/free churn; the final \
+         report's figures for that site against the truth. One standard error is said by \
+         the report and expected as √(bytes · N).\n\n\
+         | true bytes | estimated bytes | ± said | ± expected | error | blocks recorded | \
+         leaking took |\n|--:|--:|--:|--:|--:|--:|--:|\n\
+         | {} | {} | {} | {} | {:+.2} % | {} of {} | {:.2} s |\n",
+        l.command,
+        num(l.true_bytes as f64),
+        num(l.true_allocations as f64),
+        num(l.true_bytes as f64),
+        num(l.estimated_bytes as f64),
+        num(l.bytes_error as f64),
+        num(l.expected_bytes_error),
+        l.relative_error * 100.0,
+        num(l.sampled_allocations as f64),
+        num(l.true_allocations as f64),
+        l.leak_s,
+    );
+}
+
+fn exit_latency_line(md: &mut String, results: &Results) {
+    let text = match &results.exit_latency {
+        Some(e) => format!(
+            "`{}`: {} s from the command's end to leakbpf's exit",
+            e.command,
+            cell(Some(&e.seconds))
+        ),
+        None => results
+            .exit_latency_note
+            .clone()
+            .unwrap_or_else(|| "not run".to_owned()),
+    };
+    let _ = writeln!(md, "leakbpf's exit after the command it started: {text}.\n");
+}
+
+fn server_table(md: &mut String, results: &Results) {
+    let Some(server) = &results.server else {
+        let _ = writeln!(
+            md,
+            "Real server: {}.\n",
+            results.server_note.as_deref().unwrap_or("not run")
+        );
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Real server: Debian's redis-server ({}), no persistence, under `{}`, alone and under \
+         each tool attached to its pid; requests per second over both tests.\n\n\
+         | tool | requests/s | × alone | per test |\n|---|--:|--:|---|",
+        server.server, server.load
+    );
+    for tool in &server.tools {
+        let tests: Vec<String> = tool
+            .tests
+            .iter()
+            .map(|(test, rate)| format!("{test} {}", num(rate.median)))
+            .collect();
+        let (rate, times) = match (&tool.requests_per_s, tool.failed_runs.last()) {
+            (None, Some(error)) => (format!("failed: {error}"), "—".to_owned()),
+            (rate, _) => (cell(rate.as_ref()), ratio(tool.ratio_to_alone)),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {rate} | {times} | {} |",
+            tool.tool,
+            tests.join(", ")
+        );
+    }
+    md.push('\n');
 }
 
 fn targets(md: &mut String, results: &Results) {

@@ -6,13 +6,19 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
+    exit_latency::ExitLatency,
     machine::Machine,
+    sampled_leak::{self, SampledLeak},
     scale::ScaleResult,
+    server::{ServerResult, ServerTool},
     session::Sample,
     stats::Summary,
     tools::Tool,
-    workloads::{Build, Workload},
+    workloads::{Allocator, Build, Workload},
 };
+
+/// Bumped on any change of the results' shape.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Serialize)]
 pub struct Results {
@@ -36,6 +42,15 @@ pub struct Results {
     pub agent_scale: Option<ScaleResult>,
     /// Why the scale test has no result, when it has none.
     pub agent_scale_note: Option<String>,
+    /// The sampled estimate of a leak against its truth, or why there is none.
+    pub sampled_leak: Option<SampledLeak>,
+    pub sampled_leak_note: Option<String>,
+    /// leakbpf's exit after the command it started, or why there is none.
+    pub exit_latency: Option<ExitLatency>,
+    pub exit_latency_note: Option<String>,
+    /// redis-server under redis-benchmark, or why there is none.
+    pub server: Option<ServerResult>,
+    pub server_note: Option<String>,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -56,6 +71,11 @@ pub struct WorkloadInfo {
     pub arguments: Vec<String>,
     /// The builds it is measured on.
     pub builds: Vec<String>,
+    /// The allocator its malloc and free reach, and the library preloaded for it.
+    pub allocator: String,
+    pub preload: Option<String>,
+    /// Why it was not run at all.
+    pub not_run: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +140,19 @@ pub struct AddedCost {
     pub deep_stack_ns_per_pair: Option<f64>,
     /// chat: the slowdown, µs per message (1/throughput − 1/the baseline's).
     pub chat_us_per_msg: Option<f64>,
+    /// The malloc/free loop on each preloaded allocator, over the baseline on the same
+    /// allocator: ns per pair, by allocator.
+    pub preloaded_ns_per_pair: BTreeMap<String, f64>,
+}
+
+impl AddedCost {
+    /// ns per malloc/free pair on `allocator`.
+    pub fn per_pair(&self, allocator: Allocator) -> Option<f64> {
+        match allocator {
+            Allocator::Glibc => self.ns_per_pair,
+            _ => self.preloaded_ns_per_pair.get(allocator.name()).copied(),
+        }
+    }
 }
 
 /// Attempts at one run before it counts as failed.
@@ -257,6 +290,11 @@ pub fn added_costs(tools: &[ToolResult]) -> Vec<AddedCost> {
                 ns_per_pair: minus(Workload::MallocFree, &|t, b| t - b),
                 deep_stack_ns_per_pair: minus(Workload::MallocFreeDeep, &|t, b| t - b),
                 chat_us_per_msg: minus(Workload::Chat, &|t, b| 1e6 / t - 1e6 / b),
+                preloaded_ns_per_pair: Allocator::ALL
+                    .iter()
+                    .filter(|&&a| a != Allocator::Glibc)
+                    .filter_map(|&a| Some((a.name().to_owned(), minus(a.pairs(), &|t, b| t - b)?)))
+                    .collect(),
             };
             let any = [
                 cost.ns_per_pair,
@@ -264,7 +302,8 @@ pub fn added_costs(tools: &[ToolResult]) -> Vec<AddedCost> {
                 cost.chat_us_per_msg,
             ]
             .iter()
-            .any(Option::is_some);
+            .any(Option::is_some)
+                || !cost.preloaded_ns_per_pair.is_empty();
             if any {
                 costs.push(cost);
             }
@@ -348,22 +387,41 @@ fn ratio_check(
 const TABLES_BUILT_MS: f64 = 1000.0;
 const TABLES_KERNEL_MIB: f64 = 64.0;
 
-/// The targets, from the tools' results, their added costs and the scale test.
-pub fn check_targets(
-    tools: &[ToolResult],
-    added: &[AddedCost],
-    scale: Option<&ScaleResult>,
-) -> Vec<TargetCheck> {
+/// What the targets are checked on: the comparison's results, and the separate tests
+/// that have a result.
+#[derive(Default)]
+pub struct Measured<'a> {
+    pub tools: &'a [ToolResult],
+    pub added: &'a [AddedCost],
+    pub scale: Option<&'a ScaleResult>,
+    pub sampled_leak: Option<&'a SampledLeak>,
+    pub exit_latency: Option<&'a ExitLatency>,
+    pub server: Option<&'a ServerResult>,
+}
+
+/// The issue's limit on leakbpf-sampled's added cost per glibc pair, ns.
+const SAMPLED_NS_PER_PAIR: f64 = 1200.0;
+/// The sampled estimate's limit, relative to the truth.
+const SAMPLED_LEAK_ERROR: f64 = 0.10;
+/// leakbpf's exit after the command it started, s.
+const EXIT_LATENCY_S: f64 = 0.3;
+/// The server's throughput under each tool, at least this share of its throughput alone.
+const SERVER_SHARES: [(Tool, f64); 2] = [(Tool::Leakbpf, 0.5), (Tool::LeakbpfSampled, 0.65)];
+
+/// The targets, from the tools' results, their added costs and the separate tests.
+pub fn check_targets(measured: &Measured) -> Vec<TargetCheck> {
     let cost = |tool: Tool, build: Build| {
-        added
+        measured
+            .added
             .iter()
             .find(|c| c.tool == tool.name() && c.build == build.name())
     };
-    let per_pair = |who: Tool, build: Build| Figure {
+    let on = |who: Tool, build: Build, allocator: Allocator| Figure {
         who: who.name(),
         build,
-        value: cost(who, build).and_then(|c| c.ns_per_pair),
+        value: cost(who, build).and_then(|c| c.per_pair(allocator)),
     };
+    let per_pair = |who: Tool, build: Build| on(who, build, Allocator::Glibc);
     let chat = |who: Tool, build: Build| Figure {
         who: who.name(),
         build,
@@ -371,13 +429,31 @@ pub fn check_targets(
     };
     let (fp, nofp) = (Build::FramePointers, Build::NoFramePointers);
     let leakbpf = Tool::Leakbpf;
-    let mut checks = vec![
-        ratio_check(
-            "fp build, malloc/free: leakbpf's added cost per pair <= 1.25 x the floor's",
-            per_pair(leakbpf, fp),
-            per_pair(Tool::Floor, fp),
-            1.25,
-            false,
+    let mut checks: Vec<TargetCheck> = Allocator::ALL
+        .iter()
+        .map(|&allocator| {
+            let preloaded = match allocator {
+                Allocator::Glibc => String::new(),
+                a => format!(" on {} (preloaded)", a.name()),
+            };
+            ratio_check(
+                &format!(
+                    "fp build, malloc/free{preloaded}: leakbpf's added cost per pair <= 1.25 x \
+                     the floor's"
+                ),
+                on(leakbpf, fp, allocator),
+                on(Tool::Floor, fp, allocator),
+                1.25,
+                false,
+                "ns",
+            )
+        })
+        .collect();
+    checks.extend([
+        limit_check(
+            "fp build, malloc/free: leakbpf-sampled's added cost per pair <= 1.2 us",
+            per_pair(Tool::LeakbpfSampled, fp),
+            SAMPLED_NS_PER_PAIR,
             "ns",
         ),
         ratio_check(
@@ -422,10 +498,140 @@ pub fn check_targets(
             false,
             "us/msg",
         ),
-    ];
-    checks.extend(table_checks(tools));
-    checks.extend(scale_checks(scale));
+    ]);
+    checks.extend(table_checks(measured.tools));
+    checks.extend(scale_checks(measured.scale));
+    checks.push(sampled_leak_check(measured.sampled_leak));
+    checks.push(exit_check(measured.exit_latency));
+    checks.extend(server_checks(measured.server));
     checks
+}
+
+/// `figure <= limit`, in `unit`.
+fn limit_check(target: &str, figure: Figure, limit: f64, unit: &str) -> TargetCheck {
+    let name = format!("{} ({})", figure.who, figure.build.name());
+    let (pass, detail) = match figure.value {
+        Some(v) => (
+            Some(v <= limit),
+            format!("{name} {} {unit} (limit {})", num(v), num(limit)),
+        ),
+        None => (None, format!("not measured: {name} has no result")),
+    };
+    TargetCheck {
+        target: target.to_owned(),
+        pass,
+        detail,
+        ratio: None,
+    }
+}
+
+/// A target on a separate test's result: PASS or MISS as `f` says, N/A with `absent`
+/// when the test has none.
+fn measured_check<T>(
+    target: &str,
+    subject: Option<&T>,
+    absent: &str,
+    f: &dyn Fn(&T) -> (bool, String),
+) -> TargetCheck {
+    let (pass, detail) = match subject {
+        Some(s) => {
+            let (pass, detail) = f(s);
+            (Some(pass), detail)
+        }
+        None => (None, absent.to_owned()),
+    };
+    TargetCheck {
+        target: target.to_owned(),
+        pass,
+        detail,
+        ratio: None,
+    }
+}
+
+fn sampled_leak_check(leak: Option<&SampledLeak>) -> TargetCheck {
+    measured_check(
+        "sampling: the estimate of a 100 MB leak at one call site within 10 %",
+        leak,
+        "the sampled estimate did not run",
+        &|l| {
+            (
+                l.relative_error.abs() <= SAMPLED_LEAK_ERROR,
+                format!(
+                    "{} bytes estimated (± {} said, {} expected) against {} true: {:+.2} %, \
+                     from {} of {} blocks recorded (--sample-bytes {})",
+                    num(l.estimated_bytes as f64),
+                    num(l.bytes_error as f64),
+                    num(l.expected_bytes_error),
+                    num(l.true_bytes as f64),
+                    l.relative_error * 100.0,
+                    num(l.sampled_allocations as f64),
+                    num(l.true_allocations as f64),
+                    sampled_leak::SAMPLE_BYTES,
+                ),
+            )
+        },
+    )
+}
+
+fn exit_check(exit: Option<&ExitLatency>) -> TargetCheck {
+    measured_check(
+        "agent: exits <= 0.3 s after the command it started ends",
+        exit,
+        "the exit latency was not measured",
+        &|e| {
+            (
+                e.seconds.median <= EXIT_LATENCY_S,
+                format!(
+                    "{:.3} s median of {} ({:.3}-{:.3})",
+                    e.seconds.median,
+                    e.seconds.samples.len(),
+                    e.seconds.min,
+                    e.seconds.max
+                ),
+            )
+        },
+    )
+}
+
+fn server_checks(server: Option<&ServerResult>) -> Vec<TargetCheck> {
+    SERVER_SHARES
+        .iter()
+        .map(|&(tool, share)| {
+            let target = format!(
+                "redis-server under redis-benchmark: throughput under {} >= {:.0} % of alone",
+                tool.name(),
+                share * 100.0
+            );
+            let alone = server.and_then(|s| s.tool(Tool::Baseline));
+            let under = server.and_then(|s| s.tool(tool));
+            let median = |t: Option<&ServerTool>| {
+                t.and_then(|t| t.requests_per_s.as_ref()).map(|s| s.median)
+            };
+            match (median(under), median(alone)) {
+                (Some(u), Some(a)) => TargetCheck {
+                    target,
+                    pass: Some(u / a >= share),
+                    detail: format!(
+                        "{} {} requests/s vs alone {} requests/s: ratio {:.3} (limit {share})",
+                        tool.name(),
+                        num(u),
+                        num(a),
+                        u / a
+                    ),
+                    ratio: Some(u / a),
+                },
+                _ => TargetCheck {
+                    target,
+                    pass: None,
+                    detail: format!(
+                        "not measured: {} or the server alone has no result",
+                        tool.name()
+                    ),
+                    ratio: None,
+                },
+            }
+        })
+        .collect()
 }
 
 /// The issue's figures for leakbpf's unwind tables: the worst of every run on the chat
@@ -436,22 +642,13 @@ fn table_checks(tools: &[ToolResult]) -> [TargetCheck; 2] {
         .find(|t| t.tool == Tool::Leakbpf.name())
         .and_then(|t| t.result(Build::NoFramePointers, Workload::Chat))
         .and_then(|r| r.unwind_tables.as_ref());
-    let check = |target: &str, f: &dyn Fn(&UnwindSummary) -> (bool, String)| match tables {
-        Some(tables) => {
-            let (pass, detail) = f(tables);
-            TargetCheck {
-                target: target.to_owned(),
-                pass: Some(pass),
-                detail,
-                ratio: None,
-            }
-        }
-        None => TargetCheck {
-            target: target.to_owned(),
-            pass: None,
-            detail: "not measured: leakbpf has no unwind-table figures for chat (nofp)".to_owned(),
-            ratio: None,
-        },
+    let check = |target: &str, f: &dyn Fn(&UnwindSummary) -> (bool, String)| {
+        measured_check(
+            target,
+            tables,
+            "not measured: leakbpf has no unwind-table figures for chat (nofp)",
+            f,
+        )
     };
     [
         check(
@@ -481,22 +678,8 @@ fn table_checks(tools: &[ToolResult]) -> [TargetCheck; 2] {
 }
 
 fn scale_checks(scale: Option<&ScaleResult>) -> [TargetCheck; 3] {
-    let scale_check = |target: &str, f: &dyn Fn(&ScaleResult) -> (bool, String)| match scale {
-        Some(s) => {
-            let (pass, detail) = f(s);
-            TargetCheck {
-                target: target.to_owned(),
-                pass: Some(pass),
-                detail,
-                ratio: None,
-            }
-        }
-        None => TargetCheck {
-            target: target.to_owned(),
-            pass: None,
-            detail: "the scale test did not run".to_owned(),
-            ratio: None,
-        },
+    let scale_check = |target: &str, f: &dyn Fn(&ScaleResult) -> (bool, String)| {
+        measured_check(target, scale, "the scale test did not run", f)
     };
     [
         scale_check(
@@ -637,7 +820,11 @@ mod tests {
         // Memleak ran on nofp only: it has no fp line.
         assert!(!added.iter().any(|c| c.tool == "memleak" && c.build == "fp"));
 
-        let checks = check_targets(&tools, &added, None);
+        let checks = check_targets(&Measured {
+            tools: &tools,
+            added: &added,
+            ..Measured::default()
+        });
         let builds = check(
             &checks,
             "malloc/free: leakbpf's added cost per pair on the nofp",
@@ -663,12 +850,67 @@ mod tests {
             tool(Tool::Baseline, &[(fp, pairs, 5.0), (nofp, pairs, 5.0)]),
             tool(Tool::Leakbpf, &[(fp, pairs, 1005.0), (nofp, pairs, 1405.0)]),
         ];
-        let checks = check_targets(&tools, &added_costs(&tools), None);
+        let added = added_costs(&tools);
+        let checks = check_targets(&Measured {
+            tools: &tools,
+            added: &added,
+            ..Measured::default()
+        });
         let builds = check(
             &checks,
             "malloc/free: leakbpf's added cost per pair on the nofp",
         );
         assert_eq!((builds.pass, builds.ratio), (Some(false), Some(1.4)));
+    }
+
+    #[test]
+    fn each_allocator_is_against_its_own_baseline_and_its_own_floor() {
+        let fp = Build::FramePointers;
+        let (glibc, jemalloc) = (Workload::MallocFree, Workload::MallocFreeJemalloc);
+        let tools = [
+            tool(Tool::Baseline, &[(fp, glibc, 10.0), (fp, jemalloc, 5.0)]),
+            tool(
+                Tool::Leakbpf,
+                &[(fp, glibc, 1510.0), (fp, jemalloc, 1405.0)],
+            ),
+            tool(Tool::LeakbpfSampled, &[(fp, glibc, 1250.0)]),
+            tool(Tool::Floor, &[(fp, glibc, 1210.0), (fp, jemalloc, 1005.0)]),
+        ];
+        let added = added_costs(&tools);
+        let leakbpf = added
+            .iter()
+            .find(|c| c.tool == "leakbpf" && c.build == "fp")
+            .unwrap();
+        assert_eq!(leakbpf.per_pair(Allocator::Glibc), Some(1500.0));
+        assert_eq!(leakbpf.per_pair(Allocator::Jemalloc), Some(1400.0));
+        assert_eq!(leakbpf.per_pair(Allocator::Tcmalloc), None);
+        let checks = check_targets(&Measured {
+            tools: &tools,
+            added: &added,
+            ..Measured::default()
+        });
+        let on = |allocator: &str| {
+            check(
+                &checks,
+                &format!("fp build, malloc/free on {allocator} (preloaded): leakbpf's"),
+            )
+        };
+        // 1,400 over 1,000 ns: the floor on jemalloc, not glibc's 1,200.
+        assert_eq!(
+            (on("jemalloc").pass, on("jemalloc").ratio),
+            (Some(false), Some(1.4))
+        );
+        assert_eq!(on("tcmalloc").pass, None);
+        let glibc = check(
+            &checks,
+            "fp build, malloc/free: leakbpf's added cost per pair <= 1.25",
+        );
+        assert_eq!((glibc.pass, glibc.ratio), (Some(true), Some(1.25)));
+        let sampled = check(&checks, "fp build, malloc/free: leakbpf-sampled's");
+        assert_eq!(sampled.pass, Some(false), "1,240 ns: {}", sampled.detail);
+        // The separate tests did not run: neither passed nor missed.
+        let exit = check(&checks, "agent: exits");
+        assert_eq!(exit.pass, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::{
     procinfo,
     tools::{Mode, Tool, Toolbox},
     unwind_tables::{self, UnwindTables},
+    workloads::Invocation,
 };
 
 /// Time limits: start-up (BCC compiles its program), and the end of a run beyond its
@@ -44,13 +45,12 @@ pub struct Sample {
     pub unwind_tables: Option<UnwindTables>,
 }
 
-/// Runs `program args` under `tool`, its files in `dir`; `loop_s` is the timed loop.
-/// The run ends when the tool and the workload have exited.
+/// Runs `invocation` under `tool`, its files in `dir`; `loop_s` is the timed loop. The run
+/// ends when the tool and the workload have exited.
 pub fn measure(
     toolbox: &Toolbox,
     tool: Tool,
-    program: &Path,
-    args: &[String],
+    invocation: &Invocation,
     loop_s: f64,
     dir: &Path,
 ) -> Result<Sample> {
@@ -58,13 +58,16 @@ pub fn measure(
     let workload_log = dir.join("workload.log");
     let tool_log = dir.join("tool.log");
     let mut cmd = match tool.mode() {
-        Mode::Launch => toolbox.launch(tool, program, args, dir),
+        Mode::Launch => toolbox.launch(tool, &invocation.program, &invocation.args, dir),
         Mode::Bare | Mode::Attach { .. } => {
-            let mut cmd = Command::new(program);
-            cmd.args(args);
+            let mut cmd = Command::new(&invocation.program);
+            cmd.args(&invocation.args);
             cmd
         }
     };
+    if let Some(library) = invocation.preload {
+        cmd.env("LD_PRELOAD", library);
+    }
     cmd.current_dir(dir);
     let mut workload = WorkloadProc::start(&mut cmd, &workload_log, START_LIMIT)?;
 

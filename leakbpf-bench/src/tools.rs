@@ -21,6 +21,8 @@ use crate::{
 pub enum Tool {
     Baseline,
     Leakbpf,
+    /// leakbpf with `--sample-bytes` [`SAMPLE_BYTES`].
+    LeakbpfSampled,
     Floor,
     Memleak,
     Bpftrace,
@@ -40,10 +42,15 @@ pub enum Mode {
     Launch,
 }
 
+/// The mean bytes between sample points of [`Tool::LeakbpfSampled`]: what the issue's
+/// target for a sampled service is set at.
+pub const SAMPLE_BYTES: &str = "524288";
+
 impl Tool {
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 8] = [
         Tool::Baseline,
         Tool::Leakbpf,
+        Tool::LeakbpfSampled,
         Tool::Floor,
         Tool::Memleak,
         Tool::Bpftrace,
@@ -57,6 +64,7 @@ impl Tool {
         match self {
             Tool::Baseline => "baseline",
             Tool::Leakbpf => "leakbpf",
+            Tool::LeakbpfSampled => "leakbpf-sampled",
             Tool::Floor => "floor",
             Tool::Memleak => "memleak",
             Tool::Bpftrace => "bpftrace",
@@ -72,7 +80,7 @@ impl Tool {
     pub fn mode(self) -> Mode {
         match self {
             Tool::Baseline => Mode::Bare,
-            Tool::Leakbpf | Tool::Floor => Mode::Attach {
+            Tool::Leakbpf | Tool::LeakbpfSampled | Tool::Floor => Mode::Attach {
                 marker: "leakbpf: attached",
             },
             // Both print this before they attach: the perf-event count tells the rest.
@@ -91,6 +99,9 @@ impl Tool {
         match self {
             Tool::Baseline => "PROGRAM ARGS",
             Tool::Leakbpf => "target/release/leakbpf --pid PID --interval 1s --verbose",
+            Tool::LeakbpfSampled => {
+                "target/release/leakbpf --pid PID --interval 1s --sample-bytes 524288"
+            }
             Tool::Floor => "target/release/leakbpf --floor --pid PID --interval 1s",
             Tool::Memleak => "memleak-bpfcc -p PID 1 (run by leakbpf-bench/peers/memleak_shim.py)",
             Tool::Bpftrace => {
@@ -127,7 +138,7 @@ impl Toolbox {
     pub fn unavailable(&self, tool: Tool) -> Option<String> {
         let setup = "run `cargo xtask bench setup-peers`";
         let program = match tool {
-            Tool::Baseline | Tool::Leakbpf | Tool::Floor => return None,
+            Tool::Baseline | Tool::Leakbpf | Tool::LeakbpfSampled | Tool::Floor => return None,
             Tool::Memleak => MEMLEAK,
             Tool::Bpftrace => BPFTRACE,
             Tool::Heaptrack => HEAPTRACK,
@@ -151,33 +162,30 @@ impl Toolbox {
 
     /// The tool's version, when a package tells it.
     pub fn version(&self, tool: Tool) -> Option<String> {
-        if matches!(tool, Tool::Leakbpf | Tool::Floor) {
+        if matches!(tool, Tool::Leakbpf | Tool::LeakbpfSampled | Tool::Floor) {
             // Its first line: the others tell of this machine's kernel, in the report's
             // machine line already.
             return try_output(Command::new(&self.agent).arg("--version"))
                 .and_then(|v| v.lines().next().map(str::to_owned));
         }
-        let package = tool.package()?;
-        try_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
-            .filter(|v| !v.is_empty())
-            .map(|v| format!("{package} {v}"))
+        package_version(tool.package()?)
     }
 
     /// The command attaching `tool` to `pid`; `dir` takes its scratch files.
     pub fn attach(&self, tool: Tool, pid: u32, dir: &Path) -> Result<Command> {
         let pid_arg = pid.to_string();
         let cmd = match tool {
-            Tool::Leakbpf | Tool::Floor => {
+            Tool::Leakbpf | Tool::LeakbpfSampled | Tool::Floor => {
                 let mut cmd = Command::new(&self.agent);
                 cmd.args(["--pid", &pid_arg, "--interval", "1s"]);
-                // The floor's probes are empty, so only leakbpf's tables are of interest:
-                // --verbose prints their figures (crate::unwind_tables). It changes
-                // nothing on the probes' path.
-                cmd.arg(if tool == Tool::Floor {
-                    "--floor"
-                } else {
-                    "--verbose"
-                });
+                // The floor's probes are empty, and the sampled run walks the same
+                // tables, so only leakbpf's are of interest: --verbose prints their
+                // figures (crate::unwind_tables). It changes nothing on the probes' path.
+                match tool {
+                    Tool::Floor => cmd.arg("--floor"),
+                    Tool::LeakbpfSampled => cmd.args(["--sample-bytes", SAMPLE_BYTES]),
+                    _ => cmd.arg("--verbose"),
+                };
                 cmd
             }
             Tool::Memleak => {
@@ -236,6 +244,13 @@ impl Toolbox {
         fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// `PACKAGE VERSION` of an installed Debian package.
+pub fn package_version(package: &str) -> Option<String> {
+    try_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+        .filter(|v| !v.is_empty())
+        .map(|v| format!("{package} {v}"))
 }
 
 /// The interpreter on a script's `#!` line.

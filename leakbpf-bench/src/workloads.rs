@@ -102,6 +102,15 @@ const PROGRAMS: &[Program] = &[
         includes: &[PROTOCOL, CHAT_SERVER],
         builds: &Build::ALL,
     },
+    // The sampled estimate's leak: measured on the agent's report, not on its cost.
+    Program {
+        name: "sampled_leak",
+        source: "sampled_leak.c",
+        cxx: false,
+        opt: "-O2",
+        includes: &[PROTOCOL],
+        builds: &[Build::FramePointers],
+    },
     // The scale test needs -O1: one call per recursion level and call site. It measures
     // the agent's own work per stack, which does not depend on how stacks are walked.
     Program {
@@ -118,11 +127,72 @@ const PROGRAMS: &[Program] = &[
 /// so its walk goes as deep as it goes by default.
 pub const DEEP_STACK: u32 = 64;
 
+/// The allocator a workload's malloc and free reach: glibc's, or one preloaded by the
+/// name its Debian package gives it, as a service that swaps its allocator is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Allocator {
+    Glibc,
+    Jemalloc,
+    Tcmalloc,
+    Mimalloc,
+}
+
+impl Allocator {
+    pub const ALL: [Allocator; 4] = [
+        Allocator::Glibc,
+        Allocator::Jemalloc,
+        Allocator::Tcmalloc,
+        Allocator::Mimalloc,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocator::Glibc => "glibc",
+            Allocator::Jemalloc => "jemalloc",
+            Allocator::Tcmalloc => "tcmalloc",
+            Allocator::Mimalloc => "mimalloc",
+        }
+    }
+
+    /// The library in `LD_PRELOAD` (from libjemalloc2, libtcmalloc-minimal4 and
+    /// libmimalloc2.0); none for glibc's, which is there anyway.
+    pub fn preload(self) -> Option<&'static str> {
+        match self {
+            Allocator::Glibc => None,
+            Allocator::Jemalloc => Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+            Allocator::Tcmalloc => Some("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+            Allocator::Mimalloc => Some("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+        }
+    }
+
+    /// Why it cannot be preloaded here. The loader ignores a missing preload with a
+    /// warning, so the workload would run on glibc's allocator under the other's name.
+    pub fn unavailable(self) -> Option<String> {
+        let library = self.preload()?;
+        (!Path::new(library).is_file())
+            .then(|| format!("{library} is not installed: run `cargo xtask bench setup-peers`"))
+    }
+
+    /// Its malloc/free workload.
+    pub fn pairs(self) -> Workload {
+        match self {
+            Allocator::Glibc => Workload::MallocFree,
+            Allocator::Jemalloc => Workload::MallocFreeJemalloc,
+            Allocator::Tcmalloc => Workload::MallocFreeTcmalloc,
+            Allocator::Mimalloc => Workload::MallocFreeMimalloc,
+        }
+    }
+}
+
 /// A workload of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
     /// (a) malloc/free pairs of 16–256 B.
     MallocFree,
+    /// The same loop on the other allocators, each preloaded.
+    MallocFreeJemalloc,
+    MallocFreeTcmalloc,
+    MallocFreeMimalloc,
     /// The same loop [`DEEP_STACK`] calls deep: what a deep stack costs the walk.
     MallocFreeDeep,
     /// (b) calloc, realloc, posix_memalign, operator new/new[] and their frees.
@@ -134,8 +204,11 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 8] = [
         Workload::MallocFree,
+        Workload::MallocFreeJemalloc,
+        Workload::MallocFreeTcmalloc,
+        Workload::MallocFreeMimalloc,
         Workload::MallocFreeDeep,
         Workload::Mixed,
         Workload::Chat,
@@ -145,6 +218,9 @@ impl Workload {
     pub fn name(self) -> &'static str {
         match self {
             Workload::MallocFree => "malloc_free",
+            Workload::MallocFreeJemalloc => "malloc_free_jemalloc",
+            Workload::MallocFreeTcmalloc => "malloc_free_tcmalloc",
+            Workload::MallocFreeMimalloc => "malloc_free_mimalloc",
             Workload::MallocFreeDeep => "malloc_free_deep",
             Workload::Mixed => "mixed",
             Workload::Chat => "chat",
@@ -153,17 +229,38 @@ impl Workload {
     }
 
     /// The builds it runs on: the deep stack is the walk's cost without frame pointers,
-    /// where the tables are read at every frame.
+    /// where the tables are read at every frame; the other allocators are compared with
+    /// glibc's on the build of the floor's target.
     pub fn builds(self) -> &'static [Build] {
         match self {
             Workload::MallocFreeDeep => &[Build::NoFramePointers],
+            Workload::MallocFreeJemalloc
+            | Workload::MallocFreeTcmalloc
+            | Workload::MallocFreeMimalloc => &[Build::FramePointers],
             _ => &Build::ALL,
         }
     }
 
+    pub fn allocator(self) -> Allocator {
+        match self {
+            Workload::MallocFreeJemalloc => Allocator::Jemalloc,
+            Workload::MallocFreeTcmalloc => Allocator::Tcmalloc,
+            Workload::MallocFreeMimalloc => Allocator::Mimalloc,
+            _ => Allocator::Glibc,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
     fn program(self) -> &'static str {
         match self {
-            Workload::MallocFree | Workload::MallocFreeDeep => "malloc_free",
+            Workload::MallocFree
+            | Workload::MallocFreeJemalloc
+            | Workload::MallocFreeTcmalloc
+            | Workload::MallocFreeMimalloc
+            | Workload::MallocFreeDeep => "malloc_free",
             Workload::Mixed => "mixed",
             Workload::Chat | Workload::ChatFixedLoad => "chat_bench",
         }
@@ -172,9 +269,11 @@ impl Workload {
     /// The measurement the workload prints, and its unit.
     pub fn metric(self) -> (&'static str, &'static str) {
         match self {
-            Workload::MallocFree | Workload::MallocFreeDeep => {
-                ("ns_per_pair", "ns per malloc/free pair")
-            }
+            Workload::MallocFree
+            | Workload::MallocFreeJemalloc
+            | Workload::MallocFreeTcmalloc
+            | Workload::MallocFreeMimalloc
+            | Workload::MallocFreeDeep => ("ns_per_pair", "ns per malloc/free pair"),
             Workload::Mixed => ("ns_per_round", "ns per round"),
             Workload::Chat | Workload::ChatFixedLoad => ("msgs_per_s", "messages per second"),
         }
@@ -184,6 +283,15 @@ impl Workload {
     pub fn description(self) -> &'static str {
         match self {
             Workload::MallocFree => "malloc/free pairs of 16-256 B in a tight loop",
+            Workload::MallocFreeJemalloc => {
+                "the malloc/free loop on jemalloc (LD_PRELOAD=libjemalloc.so.2)"
+            }
+            Workload::MallocFreeTcmalloc => {
+                "the malloc/free loop on tcmalloc (LD_PRELOAD=libtcmalloc_minimal.so.4)"
+            }
+            Workload::MallocFreeMimalloc => {
+                "the malloc/free loop on mimalloc (LD_PRELOAD=libmimalloc.so.2)"
+            }
             Workload::MallocFreeDeep => {
                 "the malloc/free loop at the bottom of a 64-deep recursion: 64-frame stacks"
             }
@@ -214,12 +322,24 @@ impl Durations {
     /// The timed loop of `workload`, seconds.
     pub fn of(&self, workload: Workload) -> f64 {
         match workload {
-            Workload::MallocFree | Workload::MallocFreeDeep => self.malloc_free,
+            Workload::MallocFree
+            | Workload::MallocFreeJemalloc
+            | Workload::MallocFreeTcmalloc
+            | Workload::MallocFreeMimalloc
+            | Workload::MallocFreeDeep => self.malloc_free,
             Workload::Mixed => self.mixed,
             Workload::Chat => self.chat,
             Workload::ChatFixedLoad => self.fixed_load,
         }
     }
+}
+
+/// How a workload is started: its program, arguments and the allocator preloaded.
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The `LD_PRELOAD` library, if any.
+    pub preload: Option<&'static str>,
 }
 
 /// The built programs, a directory per build.
@@ -228,17 +348,24 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The command line of `workload` built as `build` (program and arguments).
-    pub fn command(
-        &self,
-        build: Build,
-        workload: Workload,
-        durations: &Durations,
-    ) -> (PathBuf, Vec<String>) {
-        (
-            self.dir.join(build.name()).join(workload.program()),
-            arguments(workload, durations),
-        )
+    /// How `workload` built as `build` is started.
+    pub fn command(&self, build: Build, workload: Workload, durations: &Durations) -> Invocation {
+        Invocation {
+            program: self.dir.join(build.name()).join(workload.program()),
+            args: arguments(workload, durations),
+            preload: workload.allocator().preload(),
+        }
+    }
+
+    /// The sampled estimate's program: `blocks` blocks of `size` bytes leaked at one
+    /// call site among `churn` malloc/free pairs per block.
+    pub fn sampled_leak(&self, blocks: u64, size: u64, churn: u64) -> (PathBuf, Vec<String>) {
+        let args = [("--blocks", blocks), ("--size", size), ("--churn", churn)]
+            .iter()
+            .flat_map(|(name, value)| [(*name).to_owned(), value.to_string()])
+            .collect();
+        let build = Build::FramePointers;
+        (self.dir.join(build.name()).join("sampled_leak"), args)
     }
 
     /// The scale test's program: `allocs` blocks over `stacks` distinct stacks.

@@ -27,8 +27,8 @@ use crate::{
 /// Options of the comparison.
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// A smoke run (about two minutes, most of it leakbpf detaching): 1 repetition, short
-    /// loops, only baseline, leakbpf and floor, no scale test, no server
+    /// A smoke run (about two minutes): 1 repetition, short loops, only baseline, leakbpf
+    /// and floor, no scale test, no server
     #[arg(long, visible_alias = "smoke")]
     pub quick: bool,
     /// Repetitions of every run (5 by default, 1 with --quick)

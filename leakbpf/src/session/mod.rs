@@ -212,6 +212,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
     if fields.is_some() {
         attacher.programs().attach_process_tracepoints()?;
     }
+    let symbolizer = SymbolizerHandle::spawn().context("cannot start the symbolizer")?;
     if mode == Mode::Set {
         for pid in &pids {
             maps.trace(pid.get())?;
@@ -242,6 +243,14 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
             }
             Err(err) => return Err(err.into()),
         };
+        // Its memory map cached before it is said to be attached: it may do its work and
+        // exit at once, before the event loop gets to it, and its stacks must still be
+        // named.
+        if child.is_none() && mode != Mode::All {
+            runtime
+                .block_on(symbolizer.remember(pid))
+                .context("the symbolizer stopped")?;
+        }
         let whom = match mode {
             Mode::All => "every process".to_owned(),
             _ => format!("pid {pid}"),
@@ -282,7 +291,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         tables: Some(tables),
         output,
         latest,
-        symbolizer: SymbolizerHandle::spawn().context("cannot start the symbolizer")?,
+        symbolizer,
         started,
         starting: started,
         first_image: started.is_some(),

@@ -45,6 +45,8 @@ pub struct Session {
     name: String,
     pid: u32,
     output: TargetOutput,
+    /// Its output was read up to `done`.
+    done: bool,
 }
 
 impl Session {
@@ -85,6 +87,7 @@ impl Session {
             name,
             pid,
             output: TargetOutput::default(),
+            done: false,
         }
     }
 
@@ -108,6 +111,7 @@ impl Session {
             None => self.agent.read_target_until(marker, &self.name),
         };
         self.output.extend(new);
+        self.done |= marker == "done";
         &self.output
     }
 
@@ -116,10 +120,12 @@ impl Session {
         self.agent.wait_for_report(what, found)
     }
 
-    /// Reads the target's output up to `done`, lets it exit, and waits for leakbpf's
-    /// final report and exit, which must be 0.
+    /// Reads the target's output up to `done` (unless read already), lets it exit, and
+    /// waits for leakbpf's final report and exit, which must be 0.
     pub fn finish(mut self) -> Run {
-        self.read_until("done");
+        if !self.done {
+            self.read_until("done");
+        }
         match &mut self.target {
             Some(target) => target.finish(),
             None => self.agent.close_stdin(),

@@ -239,6 +239,34 @@ pub fn output_within(cmd: &mut Command, log: &Path, limit: Duration) -> Result<S
     fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))
 }
 
+/// leakbpf (`agent`) started with `args` (which name the traced `pid`), its reports into
+/// `reports` and its stderr into `log`, once attached; with its command line as the
+/// results show it (the pid as PID).
+pub fn attach_agent(
+    agent: &Path,
+    args: &[&str],
+    pid: &str,
+    reports: &Path,
+    log: &Path,
+    limit: Duration,
+) -> Result<(Proc, String)> {
+    let command = format!(
+        "target/release/leakbpf {}",
+        args.join(" ").replace(pid, "PID")
+    );
+    let mut cmd = Command::new(agent);
+    cmd.args(args)
+        .stdout(
+            File::create(reports)
+                .with_context(|| format!("cannot create {}", reports.display()))?,
+        )
+        .stderr(File::create(log).with_context(|| format!("cannot create {}", log.display()))?)
+        .stdin(Stdio::null());
+    let mut proc = Proc::spawn(&mut cmd, "leakbpf")?;
+    wait_attached(&mut proc, log, "leakbpf: attached", limit)?;
+    Ok((proc, command))
+}
+
 /// Waits up to `limit` for `marker` in `log` and then for the tool's perf-event file
 /// descriptors to stay unchanged for a moment: its uprobes are in place.
 pub fn wait_attached(tool: &mut Proc, log: &Path, marker: &str, limit: Duration) -> Result<()> {

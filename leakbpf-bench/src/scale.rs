@@ -82,17 +82,8 @@ pub fn run(agent: &Path, binaries: &Binaries, dir: &Path) -> Result<ScaleResult>
         "--max-stacks",
         MAX_STACKS,
     ];
-    let command = format!(
-        "target/release/leakbpf {}",
-        agent_args.join(" ").replace(&pid, "PID")
-    );
-    let mut cmd = Command::new(agent);
-    cmd.args(agent_args)
-        .stdout(fs::File::create(&reports)?)
-        .stderr(fs::File::create(&agent_log)?)
-        .stdin(std::process::Stdio::null());
-    let mut proc = process::Proc::spawn(&mut cmd, "leakbpf")?;
-    process::wait_attached(&mut proc, &agent_log, "leakbpf: attached", LIMIT)?;
+    let (mut proc, command) =
+        process::attach_agent(agent, &agent_args, &pid, &reports, &agent_log, LIMIT)?;
 
     workload.go()?;
     let results = workload

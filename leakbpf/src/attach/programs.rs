@@ -204,9 +204,9 @@ impl Programs {
                     !self.attached.contains(&key) && keys.insert(key)
                 })
                 .collect();
-            match self.multi.is_some() {
-                true => self.attach_multi(&new, scope)?,
-                false => self.attach_each(&new, scope)?,
+            match &self.multi {
+                Some(multi) => self.multi_links.extend(link_multi(multi, &new, scope)?),
+                None => self.attach_each(&new, scope)?,
             }
             self.attached.extend(keys);
             attached.extend(new.iter().map(|&(program, _, probe, _)| Attached {
@@ -215,47 +215,6 @@ impl Programs {
             }));
         }
         Ok(attached)
-    }
-
-    /// One uprobe_multi link per program and object for `planned`.
-    fn attach_multi(&mut self, planned: &[Planned<'_>], scope: Scope) -> Result<(), AttachError> {
-        let Some(multi) = &self.multi else {
-            return Ok(());
-        };
-        let mut groups: Vec<(&'static str, (u64, u64), Vec<&Planned<'_>>)> = Vec::new();
-        for item in planned {
-            let (name, file, _, _) = *item;
-            match groups.iter_mut().find(|(n, f, _)| (*n, *f) == (name, file)) {
-                Some((_, _, members)) => members.push(item),
-                None => groups.push((name, file, vec![item])),
-            }
-        }
-        for (name, _, members) in groups {
-            let first = members[0].2;
-            let describe = || match members.len() {
-                1 => first.to_string(),
-                n => format!("{first} and {} other probes in the same object", n - 1),
-            };
-            let path =
-                CString::new(first.object.host_path.as_os_str().as_bytes()).map_err(|err| {
-                    AttachError::Attach {
-                        probe: describe(),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, err).into(),
-                    }
-                })?;
-            let offsets: Vec<u64> = members.iter().map(|item| item.2.file_offset).collect();
-            let cookies: Vec<u64> = members.iter().map(|item| item.3).collect();
-            let pid = match scope {
-                Scope::Process(pid) => pid.get(),
-                Scope::System => 0,
-            };
-            let at_return = matches!(name, ALLOC_EXIT | FLOOR_EXIT);
-            let link = multi
-                .link(name, &path, &offsets, &cookies, at_return, pid)
-                .map_err(|source| attach_error(describe(), source.into()))?;
-            self.multi_links.push(link);
-        }
-        Ok(())
     }
 
     /// A perf-event link per probe of `planned`.
@@ -276,6 +235,48 @@ impl Programs {
         }
         Ok(())
     }
+}
+
+/// One uprobe_multi link of `multi`'s programs per program and object for `planned`.
+fn link_multi(
+    multi: &MultiPrograms,
+    planned: &[Planned<'_>],
+    scope: Scope,
+) -> Result<Vec<OwnedFd>, AttachError> {
+    let mut links = Vec::new();
+    let mut groups: Vec<(&'static str, (u64, u64), Vec<&Planned<'_>>)> = Vec::new();
+    for item in planned {
+        let (name, file, _, _) = *item;
+        match groups.iter_mut().find(|(n, f, _)| (*n, *f) == (name, file)) {
+            Some((_, _, members)) => members.push(item),
+            None => groups.push((name, file, vec![item])),
+        }
+    }
+    for (name, _, members) in groups {
+        let first = members[0].2;
+        let describe = || match members.len() {
+            1 => first.to_string(),
+            n => format!("{first} and {} other probes in the same object", n - 1),
+        };
+        let path = CString::new(first.object.host_path.as_os_str().as_bytes()).map_err(|err| {
+            AttachError::Attach {
+                probe: describe(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, err).into(),
+            }
+        })?;
+        let offsets: Vec<u64> = members.iter().map(|item| item.2.file_offset).collect();
+        let cookies: Vec<u64> = members.iter().map(|item| item.3).collect();
+        let pid = match scope {
+            Scope::Process(pid) => pid.get(),
+            Scope::System => 0,
+        };
+        let at_return = matches!(name, ALLOC_EXIT | FLOOR_EXIT);
+        let link = multi
+            .link(name, &path, &offsets, &cookies, at_return, pid)
+            .map_err(|source| attach_error(describe(), source.into()))?;
+        links.push(link);
+    }
+    Ok(links)
 }
 
 /// A probe to attach: program, object file (device and inode), the probe, its cookie.

@@ -235,6 +235,10 @@ pub struct TraceArgs {
     /// for `cargo xtask bench`. Reports stay empty.
     #[arg(long, hide = true)]
     pub floor: bool,
+    /// A perf-event link per probe even where the kernel has uprobe_multi links, as
+    /// before 6.6: for the tests of that path.
+    #[arg(long, hide = true)]
+    pub perf_links: bool,
     /// Seconds between reports, as BCC's memleak takes them: `leakbpf -p PID 5 3`.
     #[arg(value_name = "INTERVAL", value_parser = positive_duration)]
     pub interval_seconds: Option<Duration>,
@@ -313,6 +317,7 @@ impl TraceArgs {
             sampling: self.sample_bytes.map(|mean_bytes| Sampling { mean_bytes }),
             verbose: self.verbose,
             floor: self.floor,
+            perf_links: self.perf_links,
             symbol_prefix: self.symbol_prefix,
             follow_forks: self.follow_forks,
             sort: self.sort,

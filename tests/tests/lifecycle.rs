@@ -101,6 +101,51 @@ fn stacks_first_seen_once_the_target_is_a_zombie_are_named() {
     objects.assert_released();
 }
 
+/// The kinds of the BPF links process `pid` holds (`link_type` in its fdinfo).
+fn link_types(pid: u32) -> Vec<String> {
+    let mut types: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("the agent's fdinfo")
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|line| line.strip_prefix("link_type:"))
+                .map(|kind| kind.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+#[test]
+fn uprobe_multi_and_perf_event_links_give_the_same_report() {
+    require_root();
+    // uprobe_multi links where the kernel has them (6.6+, as here); `--perf-links`
+    // takes the path of older kernels, a perf-event link per probe.
+    for (options, uprobe_links) in [(&[][..], "uprobe_multi"), (&["--perf-links"][..], "perf")] {
+        let mut target = Target::start(CHAT_SERVER, &["--joins", "300"]);
+        let options: Vec<&str> = ["--interval", "200ms", "--top", "1000"]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let (agent, objects) = attach(&target, &options);
+        let kinds = link_types(agent.pid());
+        assert!(
+            kinds.iter().any(|kind| kind == uprobe_links),
+            "{options:?}: the probes are {uprobe_links} links: {kinds:?}"
+        );
+        target.go();
+        let truth = target.read_until_done();
+        target.finish();
+        let finished = agent.wait();
+        let report = final_report(&finished, target.pid());
+        assert_chat_leak(&report, &truth);
+        objects.assert_released();
+    }
+}
+
 #[test]
 fn count_stops_after_that_many_reports() {
     require_root();

@@ -78,6 +78,8 @@ pub struct LoadSettings {
     pub held: Option<NonZeroU32>,
     /// Only sampled allocations are recorded (`--sample-bytes`).
     pub sampling: Option<Sampling>,
+    /// Uprobe programs for uprobe_multi links where the kernel has them.
+    pub multi_links: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +153,13 @@ pub fn load(
         .map_max_entries(map_names::CALL_SLOTS, call_slots())
         .load(OBJECT)
         .map_err(KernelError::Load)?;
-    let multi = match MultiPrograms::load(&ebpf, OBJECT, UPROBES.into_iter().chain(URETPROBES)) {
-        Ok(multi) => Some(multi),
-        Err(err) => {
+    let multi = match settings
+        .multi_links
+        .then(|| MultiPrograms::load(&ebpf, OBJECT, UPROBES.into_iter().chain(URETPROBES)))
+    {
+        None => None,
+        Some(Ok(multi)) => Some(multi),
+        Some(Err(err)) => {
             log::info!(
                 "uprobe_multi links: {:#}; a perf-event link per probe instead",
                 anyhow::Error::from(err)

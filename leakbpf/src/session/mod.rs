@@ -62,6 +62,8 @@ pub struct Settings {
     pub verbose: bool,
     /// Empty programs instead of the real ones: the benchmark's floor.
     pub floor: bool,
+    /// A perf-event link per probe, never uprobe_multi links.
+    pub perf_links: bool,
     /// Also probe the C allocation functions under this prefix.
     pub symbol_prefix: Option<String>,
     /// Also trace the processes the targets start.
@@ -167,6 +169,7 @@ pub fn run(settings: Settings) -> Result<Verdicts> {
         stack_depth: settings.stack_depth,
         held: started,
         sampling: settings.sampling,
+        multi_links: !settings.perf_links,
     })?;
     let (unwinder, tables) =
         Unwinder::new(&mut maps).context("cannot start the unwind tables' thread")?;

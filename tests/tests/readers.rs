@@ -71,10 +71,16 @@ fn table_sites(table: &str) -> Vec<(u64, String)> {
             .trim_start()
             .split_once("  ")
             .unwrap_or_else(|| panic!("no place in {frame:?}"));
-        let name = name.trim_end_matches(" [inlined]");
+        let (name, inlined) = match name.strip_suffix(" [inlined]") {
+            Some(name) => (name, true),
+            None => (name, false),
+        };
         let module = place.rsplit_once("+0x").map_or(place, |(module, _)| module);
         let function = (name != "[unknown]").then_some(name);
-        sites.push((bytes, pprof_name(function, Some(module))));
+        sites.push((
+            bytes,
+            pprof_label(pprof_name(function, Some(module)), inlined),
+        ));
     }
     sites
 }
@@ -104,6 +110,16 @@ fn pprof_flat(top: &PprofTop) -> Vec<(u64, String)> {
     )
 }
 
+/// pprof's `-top` label of a function named `name`: marked when it is inlined into its
+/// caller there.
+fn pprof_label(name: String, inlined: bool) -> String {
+    if inlined {
+        format!("{name} (inline)")
+    } else {
+        name
+    }
+}
+
 /// A report's call sites, as pprof would name the frames they are shown at.
 fn report_sites(report: &Report) -> Vec<(u64, String)> {
     report
@@ -111,10 +127,8 @@ fn report_sites(report: &Report) -> Vec<(u64, String)> {
         .iter()
         .map(|site| {
             let frame = &site.frames[site.site_frame];
-            (
-                site.bytes,
-                pprof_name(frame.function.as_deref(), frame.module.as_deref()),
-            )
+            let name = pprof_name(frame.function.as_deref(), frame.module.as_deref());
+            (site.bytes, pprof_label(name, frame.inlined))
         })
         .collect()
 }

@@ -68,20 +68,6 @@ fn sigterm_gives_a_final_report_and_detaches() {
 }
 
 #[test]
-fn target_exit_gives_a_final_report_and_detaches() {
-    require_root();
-    let mut target = Target::start(CHAT_SERVER, &["--joins", "300"]);
-    let (agent, objects) = attach(&target, &["--interval", "200ms", "--top", "1000"]);
-    target.go();
-    let truth = target.read_until_done();
-    target.finish();
-    let finished = agent.wait();
-    let report = final_report(&finished, target.pid());
-    assert_chat_leak(&report, &truth);
-    objects.assert_released();
-}
-
-#[test]
 fn stacks_first_seen_once_the_target_is_a_zombie_are_named() {
     require_root();
     // The agent, stopped, reads the target's new stacks only when the target has exited
@@ -120,7 +106,7 @@ fn link_types(pid: u32) -> Vec<String> {
 }
 
 #[test]
-fn uprobe_multi_and_perf_event_links_give_the_same_report() {
+fn target_exit_gives_a_final_report_and_detaches() {
     require_root();
     // uprobe_multi links where the kernel has them (6.6+, as here); `--perf-links`
     // takes the path of older kernels, a perf-event link per probe.

@@ -86,6 +86,38 @@ static void read_watched(unsigned char bytes[WATCHED][WATCHED_BYTES]) {
     }
 }
 
+/* The same bytes as the files on disk have them: what the code is before any probe. A
+ * copy of the memory taken at start would not do: a fast tracer may have probed it
+ * already. Each function's file and offset are found in /proc/self/maps. */
+static void read_unprobed(unsigned char bytes[WATCHED][WATCHED_BYTES]) {
+    for (size_t f = 0; f < WATCHED; f++) {
+        unsigned long address = (unsigned long)(void *)watched[f];
+        FILE *maps = fopen("/proc/self/maps", "r");
+        if (maps == NULL)
+            die("/proc/self/maps");
+        char line[4096];
+        int found = 0;
+        while (!found && fgets(line, sizeof line, maps) != NULL) {
+            unsigned long start, end, offset;
+            char path[4096];
+            if (sscanf(line, "%lx-%lx %*s %lx %*s %*s %4095s", &start, &end, &offset, path) != 4 ||
+                address < start || address >= end)
+                continue;
+            FILE *file = fopen(path, "rb");
+            if (file == NULL || fseek(file, (long)(address - start + offset), SEEK_SET) != 0 ||
+                fread(bytes[f], 1, WATCHED_BYTES, file) != WATCHED_BYTES)
+                die(path);
+            fclose(file);
+            found = 1;
+        }
+        fclose(maps);
+        if (!found) {
+            fprintf(stderr, "exec_target: no mapping holds function %zu\n", f);
+            exit(1);
+        }
+    }
+}
+
 /* Returns once one of the allocation functions' first bytes has changed since `before`;
  * exits 1 after 30 s. */
 static void await_probe(unsigned char before[WATCHED][WATCHED_BYTES]) {
@@ -131,9 +163,6 @@ int main(int argc, char **argv) {
     }
 
     if (after) {
-        /* Before any probe can be there: the tracer learns of the exec only now. */
-        static unsigned char unprobed[WATCHED][WATCHED_BYTES];
-        read_watched(unprobed);
         pause_for_a_line(pause);
         struct truth t = {"leak_after_exec", 0, 0};
         leak_after_exec(&t);
@@ -141,6 +170,8 @@ int main(int argc, char **argv) {
         print_process_truth(&t);
         print_process_churn("churn");
         if (exit_when_probed) {
+            static unsigned char unprobed[WATCHED][WATCHED_BYTES];
+            read_unprobed(unprobed);
             await_probe(unprobed);
             wait = 0;
         }

@@ -37,6 +37,8 @@ pub const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long leakbpf may take to write its final report and exit once told to, and a
 /// target to exit once its stdin is closed.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Starts of a program found busy (`ETXTBSY`) tried again, 10 ms apart.
+const TEXT_BUSY_RETRIES: usize = 100;
 
 /// Lines read from a pipe on a thread, so that they can be awaited with a deadline;
 /// every line is kept, taken or not.
@@ -198,15 +200,31 @@ impl Target {
     /// [`Target::start`] with variables added to its environment (e.g. `LD_PRELOAD`).
     pub fn start_with_env(program: impl AsRef<Path>, args: &[&str], env: &[(&str, &str)]) -> Self {
         let program = program.as_ref();
-        let mut child = Command::new(program)
-            .arg("--wait")
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {}: {err}", program.display()));
+        let spawn = || {
+            Command::new(program)
+                .arg("--wait")
+                .args(args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+        };
+        // A program a test just wrote (a script) is busy while another test's thread,
+        // forking meanwhile, holds a copy of the descriptor it was written through, until
+        // that child's exec closes it.
+        let mut spawned = spawn();
+        for _ in 0..TEXT_BUSY_RETRIES {
+            match &spawned {
+                Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    spawned = spawn();
+                }
+                _ => break,
+            }
+        }
+        let mut child =
+            spawned.unwrap_or_else(|err| panic!("cannot start {}: {err}", program.display()));
         let stdin = child.stdin.take();
         let stdout = LineReader::new(child.stdout.take().expect("piped stdout"));
         let target = Self {
